@@ -1,0 +1,368 @@
+"""Typed config: schema -> YAML preset (with ``inherit``) -> ``key=value`` overrides -> checks.
+
+The schema is a tree of dataclasses; a preset is a YAML file that may name a parent with
+``inherit: NAME``; overrides address leaves as ``section.key=value`` (the value is parsed as
+YAML, so ``optim.blr=1.5e-4`` and ``data.hflip=false`` work). Unknown keys, badly typed values
+and out-of-range choices fail here, before any work, with a message that names the valid choices.
+Cross-field checks (a patch size that does not divide the image, an objective combination the
+paper does not define) live in :func:`validate`, which asks each factory.
+
+After dinov2's ``utils/config.py`` (defaults -> file -> CLI) and MAE's derived lr.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits | npz | cifar | imagefolder | synthetic
+    path: str = ""  # file or folder for npz / cifar / imagefolder
+    image_size: int = 32
+    num_classes: int = 10
+    train_split: str = "train"
+    eval_split: str = "val"
+    val_size: int = 5000  # the last val_size images of the training set form the val split
+    crop: str = "center"  # center | random_resized (pretraining augmentation, Sec. 5)
+    rrc_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    limit: int = 0  # use at most this many images of a split (0 = all); for quick runs
+    num_workers: int = 0
+    synthetic_size: int = 256  # images per split of the synthetic source (tests only)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "micro"  # a size from ldae.models.registry
+    patch_size: int = 4
+    adaln: str = "mlp4"  # mlp4 (paper App. A: hidden = width/4) | linear (DiT)
+    class_cond: bool = False
+    label_dropout: float = 0.1
+    encoder_blocks: int = 0  # 0 = half the depth (the paper's split)
+    compile: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "pca"
+    dim: int = 4  # d, latent dim per token
+    whiten: bool = False  # off in the paper (V V^T = I); an ablation
+    fit_images: int = 50000  # at most this many training images feed the fit
+    patches_per_image: int = 0  # 0 = every patch of each image
+    path: str = ""  # load a fitted tokenizer from here instead of fitting one
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "sigma_linear"
+    target: str = "image"
+    loss_weight: str = "inv1p_sigma2"
+    input_space: str = "image"
+    output_space: str = "image"
+    w_rest: float = 0.1  # Eq. 4 weight of the PCA dims beyond d
+    num_steps: int = 1000  # T
+    sigma0: float = math.sqrt(1.0 / 3.0)  # the single noise level of the `constant` schedule
+
+
+@dataclass
+class OptimConfig:
+    blr: float = 1e-4  # lr = blr * global_batch / 256 (App. A)
+    batch_size: int = 256  # global batch: the unit, whatever the number of processes
+    accum_steps: int = 1  # gradient accumulation steps per optimizer step
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: float = 400.0
+    warmup_epochs: float = 100.0
+    grad_clip: float = 0.0  # 0 = off
+    ema: float = 0.0  # EMA decay of the weights; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = pick (1 on this project's 2-vCPU machines)
+    log_every: int = 20  # steps between metrics.jsonl lines
+    ckpt_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_ckpts: int = 2
+    tensorboard: bool = False
+
+
+@dataclass
+class LinprobeConfig:
+    t: int = 10  # fixed timestep at transfer (App. A)
+    noisy: bool = False  # clean input (default) or noisy input at t
+    blocks: int = 0  # encoder depth k; 0 = the model's encoder split
+    blr: float = 0.1  # MAE's LARS base lr; the paper text says 6.4e-3 at batch 16384
+    batch_size: int = 256
+    epochs: int = 90
+    warmup_epochs: int = 10
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    fast: bool = False  # cache features once, train an lr grid of heads together
+    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # blr values of --fast
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    encoder: str = "ldae"  # ldae | random | pixels: what produces the features
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# Choices of string fields. Registries are consulted lazily so that this module stays import-light.
+def _choices() -> dict[str, list[str]]:
+    from .data.datasets import SOURCES
+    from .diffusion import objective
+    from .models.registry import MODEL_SIZES
+    from .tokenizers import TOKENIZERS
+
+    return {
+        "data.source": sorted(SOURCES),
+        "data.crop": ["center", "random_resized"],
+        "model.name": list(MODEL_SIZES),
+        "model.adaln": ["mlp4", "linear"],
+        "tokenizer.name": sorted(TOKENIZERS),
+        "diffusion.schedule": sorted(objective.SCHEDULES),
+        "diffusion.target": sorted(objective.TARGETS),
+        "diffusion.loss_weight": sorted(objective.LOSS_WEIGHTS),
+        "diffusion.input_space": ["latent", "image"],
+        "diffusion.output_space": ["latent", "image"],
+        "train.device": ["auto", "cpu", "cuda"],
+        "linprobe.encoder": ["ldae", "random", "pixels"],
+    }
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*/*.yaml"))
+
+
+def _find_preset(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; give a path to a YAML file or one "
+                              f"of the presets: {', '.join(preset_names())}.")
+        return p
+    hits = sorted(PRESET_DIR.glob(f"*/{name}.yaml"))
+    if not hits:
+        close = difflib.get_close_matches(name, preset_names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'.{hint} Presets: {', '.join(preset_names())} "
+                          "(or give a path to a .yaml file).")
+    return hits[0]
+
+
+def _read_yaml(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = _find_preset(name)
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"preset {path} inherits from itself (chain: {' -> '.join(seen)}).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse YAML in {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, ...).")
+    parent = raw.pop("inherit", None)
+    if parent is None:
+        return raw
+    base = _read_yaml(str(parent), seen + (str(path.resolve()),))
+    return _merge(base, raw)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``typ``; return it converted (int -> float, list -> tuple)."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is tuple:
+        args = typing.get_args(typ)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) == len(args):
+                return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    tname = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {tname}.")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}'.{hint} Valid keys here: "
+                              f"{', '.join(prefix + n for n in names)}.")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(v, dict):
+                raise ConfigError(f"'{key}' is a section; set its keys, e.g. {key}.{names[0]}=...")
+            _apply(cur, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value "
+                              "(e.g. optim.epochs=10).")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"override key '{key}' is malformed; use section.key=value.")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'.")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None,
+                check: bool = True) -> Config:
+    """Build a config: defaults, then ``preset`` (a name or a YAML path), then ``overrides``."""
+    cfg = Config()
+    if preset:
+        _apply(cfg, _read_yaml(preset))
+    _apply(cfg, parse_overrides(list(overrides or [])))
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], check: bool = True) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks. Each names the keys involved and the valid alternatives."""
+    for key, choices in _choices().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}='{value}' is not valid.{hint} Choices: {', '.join(choices)}.")
+    d, m, tk, o, lp = cfg.data, cfg.model, cfg.tokenizer, cfg.optim, cfg.linprobe
+    _need(d.image_size > 0 and m.patch_size > 0, "data.image_size and model.patch_size must be > 0.")
+    _need(d.image_size % m.patch_size == 0,
+          f"model.patch_size={m.patch_size} must divide data.image_size={d.image_size}.")
+    _need(d.num_classes >= 2, f"data.num_classes={d.num_classes} must be at least 2.")
+    _need(0.0 < d.rrc_scale[0] <= d.rrc_scale[1] <= 1.0,
+          f"data.rrc_scale={list(d.rrc_scale)} must satisfy 0 < lo <= hi <= 1.")
+    _need(d.source in ("digits", "synthetic") or d.path != "",
+          f"data.source={d.source} needs data.path=... (a file or folder).")
+    D = 3 * m.patch_size ** 2
+    _need(1 <= tk.dim <= D, f"tokenizer.dim={tk.dim} must be in [1, D={D}] "
+          f"(D = 3 * model.patch_size^2 with patch_size={m.patch_size}).")
+    _need(0.0 <= m.label_dropout < 1.0, "model.label_dropout must be in [0, 1).")
+    from .models.registry import MODEL_SIZES
+    depth = MODEL_SIZES[m.name].depth
+    _need(0 <= m.encoder_blocks <= depth,
+          f"model.encoder_blocks={m.encoder_blocks} must be in [0, {depth}] for model {m.name} "
+          "(0 = half the depth).")
+    _need(0 <= lp.blocks <= depth, f"linprobe.blocks={lp.blocks} must be in [0, {depth}].")
+    _need(o.batch_size > 0 and o.accum_steps > 0, "optim.batch_size and optim.accum_steps must be > 0.")
+    _need(o.batch_size % o.accum_steps == 0,
+          f"optim.batch_size={o.batch_size} must be divisible by optim.accum_steps={o.accum_steps}.")
+    _need(o.epochs > 0 and 0 <= o.warmup_epochs <= o.epochs,
+          f"optim.warmup_epochs={o.warmup_epochs} must be in [0, optim.epochs={o.epochs}].")
+    _need(0.0 <= o.ema < 1.0, f"optim.ema={o.ema} must be in [0, 1) (0 turns EMA off).")
+    _need(o.blr > 0 and lp.blr > 0, "optim.blr and linprobe.blr must be > 0.")
+    _need(0 <= lp.t < cfg.diffusion.num_steps,
+          f"linprobe.t={lp.t} must be in [0, diffusion.num_steps={cfg.diffusion.num_steps}).")
+    _need(lp.epochs > 0 and 0 <= lp.warmup_epochs <= lp.epochs,
+          "linprobe.warmup_epochs must be in [0, linprobe.epochs].")
+    _need(len(lp.lr_grid) > 0 and all(v > 0 for v in lp.lr_grid), "linprobe.lr_grid must be positive.")
+    _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
+          "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
+    from .diffusion.objective import check_combination
+    check_combination(cfg.diffusion)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def diff_configs(a: Config, b: Config) -> list[str]:
+    """Leaf keys whose values differ, as ``key: a -> b`` lines."""
+    out = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict):
+            for k in x:
+                walk(x[k], y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix[:-1]}: {y!r} -> {x!r}")
+
+    walk(b.to_dict(), a.to_dict(), "")
+    return out
+
+
+__all__ = ["Config", "load_config", "config_from_dict", "validate", "dump_yaml", "preset_names",
+           "parse_overrides", "diff_configs"]

@@ -1,0 +1,153 @@
+"""The denoising objective as a composition: schedule x target x loss weight x spaces (SPEC §2).
+
+One training step (Eq. 1, Eq. 3, Eq. 4):
+    x0 = tokens(x)                 (B, L, D)   image tokens
+    z0 = encode(x)                 (B, L, d)   latent tokens
+    t ~ U{0..T-1},  eps ~ N(0, I)  (B, L, d)
+    z_t = gamma_t z0 + sigma_t eps                                            (Eq. 1)
+    input = z_t (latent space)  or  decode(z_t) (image space, "inverse PCA")
+    out = net(input, t)
+    r = target - out;  image space: r <- V r (full basis)                      (Eq. 4)
+    loss = mean_{B} lambda_t * mean_{L, i} w_i r_i^2
+
+We average over tokens and dimensions instead of summing (Eq. 4 writes a sum): a constant factor
+that only rescales the loss, not its minimiser. Noise, tokenizer and loss stay in float32; only
+the backbone runs under the autocast context chosen by the caller (bf16 on CUDA).
+The final l-DAE (Tab. 3, last row) is sigma_linear x image x inv1p_sigma2 x image/image.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .schedules import DDPM, Constant, LinearGamma2, Schedule, SigmaLinear
+from .targets import TARGETS, Batch, Target
+from .weights import LOSS_WEIGHTS
+
+SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
+             "constant": Constant}
+
+
+def check_combination(d) -> None:
+    """Reject objective combinations the paper does not define (``d`` is a DiffusionConfig)."""
+    target = TARGETS[d.target]
+    if target.space != d.output_space:
+        ok = [n for n, t in TARGETS.items() if t.space == d.output_space]
+        raise ConfigError(
+            f"diffusion.target={d.target} predicts in {target.space} space but "
+            f"diffusion.output_space={d.output_space}. Use output_space={target.space}, or a "
+            f"target of {d.output_space} space: {', '.join(ok)}.")
+    if d.num_steps < 2:
+        raise ConfigError(f"diffusion.num_steps={d.num_steps} must be at least 2.")
+    if d.w_rest < 0 or d.sigma0 <= 0:
+        raise ConfigError("diffusion.w_rest must be >= 0 and diffusion.sigma0 > 0.")
+
+
+def build_schedule(d) -> Schedule:
+    if d.schedule == "constant":
+        return Constant(d.num_steps, d.sigma0)
+    return SCHEDULES[d.schedule](d.num_steps)
+
+
+class Denoiser(nn.Module):
+    """Backbone + tokenizer + the objective's components; owns the loss and the encoder input."""
+
+    def __init__(self, backbone: nn.Module, tokenizer: nn.Module, schedule: Schedule,
+                 target: Target, loss_weight: str, input_space: str, output_space: str,
+                 w_rest: float = 0.1):
+        super().__init__()
+        self.backbone, self.tokenizer, self.schedule = backbone, tokenizer, schedule
+        self.target, self.weight_fn = target, LOSS_WEIGHTS[loss_weight]
+        self.input_space, self.output_space, self.w_rest = input_space, output_space, w_rest
+        self.tokenizer.requires_grad_(False)
+
+    # -------------------------------------------------------------------- noise
+    def noisy_input(self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, Batch]:
+        """Eq. 1 in the tokenizer's latent, returned in the backbone's input space."""
+        x0 = self.tokenizer.to_tokens(x)
+        z0 = self.tokenizer.encode(x)
+        eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+        gamma, sigma = self.schedule.coefficients(t)
+        zt = gamma[:, None, None] * z0 + sigma[:, None, None] * eps
+        inp = zt if self.input_space == "latent" else self.tokenizer.decode(zt)
+        return inp, Batch(x0=x0, z0=z0, eps=eps, tokenizer=self.tokenizer)
+
+    def clean_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Clean input at transfer: the latent z0, or the original image in image space."""
+        return self.tokenizer.encode(x) if self.input_space == "latent" else self.tokenizer.to_tokens(x)
+
+    def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        return torch.randint(0, self.schedule.num_steps, (batch,), device=device, generator=generator)
+
+    # --------------------------------------------------------------------- loss
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None,
+             autocast: contextlib.AbstractContextManager | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (B, C, H, W) float32 in [-1, 1]. Returns the scalar loss and detached parts."""
+        x = x.float()
+        t = self.sample_t(x.shape[0], x.device, generator)
+        inp, b = self.noisy_input(x, t, generator)
+        with autocast or contextlib.nullcontext():
+            out = self.backbone(inp, self.schedule.t_cond(t), y, generator)
+        return self.loss_from_output(out.float(), b, t)
+
+    def loss_from_output(self, out: torch.Tensor, b: Batch, t: torch.Tensor
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r = self.target.value(b) - out
+        if self.output_space == "image":
+            r = self.tokenizer.project_full(r)
+        w = self.target.dim_weights(self.tokenizer.dim, r.shape[-1], self.w_rest, r.device)
+        sq = r.square()
+        per_sample = (sq * w if w is not None else sq).mean(dim=(1, 2))  # (B,)
+        gamma, sigma = self.schedule.coefficients(t)
+        lam = self.weight_fn(gamma, sigma)
+        loss = (lam * per_sample).mean()
+        parts = {"loss": loss.detach(), "mse": sq.mean().detach()}
+        if w is not None:
+            d = self.tokenizer.dim
+            parts["mse_top_d"] = sq[..., :d].mean().detach()
+            parts["mse_rest"] = sq[..., d:].mean().detach() if sq.shape[-1] > d else sq.new_zeros(())
+        return loss, parts
+
+    # ----------------------------------------------------------------- transfer
+    def encoder_input(self, x: torch.Tensor, t: int, noisy: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        if not noisy:
+            return self.clean_input(x.float())
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return self.noisy_input(x.float(), tt, generator)[0]
+
+    def features(self, x: torch.Tensor, t: int, blocks: list[int], noisy: bool = False,
+                 generator: torch.Generator | None = None,
+                 autocast: contextlib.AbstractContextManager | None = None) -> list[torch.Tensor]:
+        """Token-averaged outputs of ``blocks`` at fixed t, (B, W) each, from one forward."""
+        inp = self.encoder_input(x, t, noisy, generator)
+        tt = self.schedule.t_cond(torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        with autocast or contextlib.nullcontext():
+            feats = self.backbone.forward_blocks(inp, tt, blocks)
+        return [f.float() for f in feats]
+
+
+def build_denoiser(cfg, tokenizer: nn.Module) -> Denoiser:
+    """The one factory: every axis of the objective comes from ``cfg.diffusion``."""
+    from ..models import DiT
+
+    d, m = cfg.diffusion, cfg.model
+    check_combination(d)
+    L = (cfg.data.image_size // m.patch_size) ** 2
+    in_dim = tokenizer.dim if d.input_space == "latent" else tokenizer.full_dim
+    out_dim = tokenizer.dim if d.output_space == "latent" else tokenizer.full_dim
+    backbone = DiT.from_size(m.name, in_dim=in_dim, out_dim=out_dim, num_tokens=L, adaln=m.adaln,
+                             num_classes=cfg.data.num_classes if m.class_cond else 0,
+                             label_dropout=m.label_dropout, encoder_blocks=m.encoder_blocks)
+    return Denoiser(backbone, tokenizer, build_schedule(d), TARGETS[d.target](), d.loss_weight,
+                    d.input_space, d.output_space, d.w_rest)
+
+
+__all__ = ["SCHEDULES", "TARGETS", "LOSS_WEIGHTS", "Denoiser", "build_denoiser", "check_combination"]

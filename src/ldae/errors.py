@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad config key, a missing data path, a corrupt checkpoint) is
+raised as a subclass of :class:`LdaeError`. The CLI prints its message as one paragraph and exits
+with status 2, never with a traceback; anything else is a bug in ldae.
+"""
+
+
+class LdaeError(Exception):
+    """Base class of errors caused by input, each with a message that names the fix."""
+
+
+class ConfigError(LdaeError):
+    """Unknown key, bad value or invalid combination in a config."""
+
+
+class DataError(LdaeError):
+    """Missing path, unreadable image or wrongly shaped array."""
+
+
+class CheckpointError(LdaeError):
+    """Missing, corrupt or incompatible checkpoint."""

@@ -1,0 +1,126 @@
+"""The DiT-style ViT backbone (SPEC §3; paper App. A "DiT architecture").
+
+Tokens in, tokens out: the backbone knows nothing about noise, tokenizers or images. It maps
+(B, L, in_dim) tokens and a timestep t (plus an optional class label) to (B, L, out_dim) tokens.
+The first ``encoder_blocks`` blocks are the encoder; its feature is the token average of block k's
+output (no extra norm), and any block's output can be read in one forward (App. A sweeps).
+
+Deviations from DiT: the per-block modulation MLP has hidden width W/4 by default (paper App. A);
+``adaln=linear`` gives DiT's form. Patch embedding is a Linear on token vectors (the tokenizer does
+the patchifying), which equals DiT's strided conv on patches flattened as (C, p, p).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import (DiTBlock, FinalLayer, LabelEmbedder, Modulation, TimestepEmbedder,
+                     sincos_pos_embed_2d)
+from .registry import get_size
+
+
+class DiT(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, num_tokens: int, width: int, depth: int,
+                 heads: int, mlp_ratio: float = 4.0, adaln: str = "mlp4",
+                 num_classes: int = 0, label_dropout: float = 0.1, encoder_blocks: int = 0):
+        super().__init__()
+        grid = int(round(num_tokens ** 0.5))
+        if grid * grid != num_tokens:
+            raise ValueError(f"num_tokens {num_tokens} must be a square (an H/p x W/p grid)")
+        self.in_dim, self.out_dim, self.num_tokens = in_dim, out_dim, num_tokens
+        self.width, self.depth = width, depth
+        self.encoder_blocks = encoder_blocks or depth // 2
+        self.patch_embed = nn.Linear(in_dim, width)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(width, grid)[None], persistent=False)
+        self.t_embed = TimestepEmbedder(width)
+        self.y_embed = LabelEmbedder(num_classes, width, label_dropout) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, adaln) for _ in range(depth))
+        self.final = FinalLayer(width, out_dim, adaln)
+        self._init_weights()
+
+    @classmethod
+    def from_size(cls, name: str, **kw) -> "DiT":
+        s = get_size(name)
+        return cls(width=s.width, depth=s.depth, heads=s.heads, mlp_ratio=s.mlp_ratio, **kw)
+
+    def _init_weights(self) -> None:
+        """DiT's init: xavier-uniform Linears, zero biases, N(0, 0.02) for t/label embeddings;
+        the adaLN-Zero gates and the final Linear were zeroed by their constructors."""
+        zeroed = {id(m.net[-1]) for m in self.modules() if isinstance(m, Modulation)}
+        zeroed.add(id(self.final.linear))
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m) not in zeroed:
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for lin in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+
+    # ------------------------------------------------------------------ protocol
+    def condition(self, t: torch.Tensor, y: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        c = self.t_embed(t)
+        if self.y_embed is not None:
+            if y is None:
+                y = torch.full((t.shape[0],), self.y_embed.num_classes, device=t.device, dtype=torch.long)
+            c = c + self.y_embed(y, generator)
+        return c
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(tokens) + self.pos_embed.to(tokens.dtype)
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, L, in_dim), t (B,) -> (B, L, out_dim)."""
+        c = self.condition(t, y, generator)
+        x = self.embed(tokens)
+        for blk in self.blocks:
+            x = blk(x, c)
+        return self.final(x, c)
+
+    def forward_blocks(self, tokens: torch.Tensor, t: torch.Tensor, blocks: list[int],
+                       y: torch.Tensor | None = None, pool: bool = True) -> list[torch.Tensor]:
+        """Outputs of the given blocks (1-based: block k = after k blocks), from one forward that
+        stops at the deepest one. Pooled to (B, W) by token average when ``pool``."""
+        if not blocks or min(blocks) < 1 or max(blocks) > self.depth:
+            raise ValueError(f"blocks must be in [1, {self.depth}], got {blocks}")
+        c = self.condition(t, y)
+        x = self.embed(tokens)
+        out: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks[: max(blocks)], start=1):
+            x = blk(x, c)
+            if i in blocks:
+                out[i] = x.mean(dim=1) if pool else x
+        return [out[k] for k in blocks]
+
+    def features(self, tokens: torch.Tensor, t: torch.Tensor, k: int | None = None,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder feature: token average of block k's output (k = encoder depth by default)."""
+        return self.forward_blocks(tokens, t, [k or self.encoder_blocks], y)[0]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters in depth order: [embeddings], block 1, ..., block N, [final layer].
+        For layer-wise lr decay; trainers use this, never parameter names."""
+        emb = list(self.patch_embed.parameters()) + list(self.t_embed.parameters())
+        if self.y_embed is not None:
+            emb += list(self.y_embed.parameters())
+        return [emb] + [list(b.parameters()) for b in self.blocks] + [list(self.final.parameters())]
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters exempt from weight decay: biases and embedding tables."""
+        return {n for n, p in self.named_parameters() if p.ndim < 2 or n.startswith("y_embed")}
+
+    def num_params(self, per_token: bool = False) -> int:
+        """Weights; ``per_token`` counts only those applied to every token (SPEC §8 FLOPs)."""
+        if not per_token:
+            return sum(p.numel() for p in self.parameters())
+        n = self.patch_embed.weight.numel() + self.final.linear.weight.numel()
+        for b in self.blocks:
+            n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
+        return n
+
+    def train_flops_per_image(self) -> float:
+        """SPEC §8: 6 N L + 12 depth W L^2 (forward + backward)."""
+        L = self.num_tokens
+        return 6.0 * self.num_params(per_token=True) * L + 12.0 * self.depth * self.width * L * L

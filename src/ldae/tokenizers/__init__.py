@@ -1,0 +1,35 @@
+"""Tokenizers behind one interface (SPEC §4). ``TOKENIZERS`` maps config names to classes."""
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .base import Tokenizer, patchify, unpatchify
+from .pca import PCATokenizer
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"pca": PCATokenizer}
+
+
+def build_tokenizer(cfg) -> Tokenizer:
+    """A fresh (unfitted) tokenizer from a ``Config``."""
+    t = cfg.tokenizer
+    if t.name == "pca":
+        return PCATokenizer(cfg.model.patch_size, t.dim, whiten=t.whiten)
+    raise KeyError(t.name)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    meta, tensors = Tokenizer.read(path)
+    cls = TOKENIZERS.get(meta.get("name"))
+    if cls is None:
+        raise CheckpointError(f"{path} holds tokenizer '{meta.get('name')}', unknown to this "
+                              f"version of ldae (known: {', '.join(TOKENIZERS)}).")
+    kwargs = {k: v for k, v in meta.items() if k != "name"}
+    tok = cls(**kwargs)
+    try:
+        tok.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"tokenizer {path} does not match its header: {e}") from None
+    return tok
+
+
+__all__ = ["Tokenizer", "PCATokenizer", "TOKENIZERS", "build_tokenizer", "load_tokenizer",
+           "patchify", "unpatchify"]

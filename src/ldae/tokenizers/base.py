@@ -1,0 +1,91 @@
+"""The tokenizer interface (SPEC §4) and patchify helpers.
+
+A tokenizer maps images (B, 3, H, W) in [-1, 1] to latent tokens (B, L, d) and back to image
+tokens (B, L, D), D = 3 p^2, one token per p x p patch flattened as (C, p, p) — the layout of a
+strided conv's weight, so a Linear on these tokens is DiT's / timm's patch embedding.
+State is tensors only, saved as safetensors with a small JSON header: loading runs no code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, C p p), L = (H/p)(W/p), row-major over the patch grid."""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, channels: int = 3) -> torch.Tensor:
+    """(B, L, C p p) -> (B, C, H, W) for a square grid."""
+    B, L, _ = tokens.shape
+    g = int(round(L ** 0.5))
+    x = tokens.reshape(B, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(B, channels, g * p, g * p)
+
+
+class Tokenizer(nn.Module):
+    """Common interface. Subclasses set ``name`` and implement fit/encode/decode."""
+
+    name = "base"
+
+    def __init__(self, patch_size: int, dim: int, channels: int = 3):
+        super().__init__()
+        self.patch_size, self.dim, self.channels = patch_size, dim, channels
+
+    @property
+    def full_dim(self) -> int:
+        """D = C p^2, the image-space token dim."""
+        return self.channels * self.patch_size ** 2
+
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return patchify(x, self.patch_size)
+
+    def to_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        return unpatchify(tokens, self.patch_size, self.channels)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L, d)
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, D) image tokens
+        raise NotImplementedError
+
+    def project_full(self, r: torch.Tensor) -> torch.Tensor:
+        """Residual coordinates in the tokenizer's full image-token basis (pixels by default)."""
+        return r
+
+    def meta(self) -> dict:
+        return {"name": self.name, "patch_size": self.patch_size, "dim": self.dim,
+                "channels": self.channels}
+
+    def save(self, path: str | Path) -> None:
+        """Atomic safetensors write of the buffers plus ``meta()`` as JSON metadata."""
+        from ..checkpoint import atomic_path
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"ldae_tokenizer": json.dumps(self.meta())})
+
+    @staticmethod
+    def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"tokenizer file {path} does not exist; fit one with "
+                                  "`ldae fit-tokenizer -c PRESET --out DIR` or fix tokenizer.path.")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {})["ldae_tokenizer"])
+            return meta, load_file(str(path))
+        except Exception as e:  # corrupt file, wrong format, missing header
+            raise CheckpointError(f"cannot read tokenizer {path}: {e}. Refit it with "
+                                  "`ldae fit-tokenizer`.") from None

@@ -1,0 +1,99 @@
+"""Patch-wise PCA tokenizer (paper Sec. 4.2, Fig. 4; SPEC §4).
+
+Fit: mean and covariance of image patches, accumulated in float64 chunk by chunk around a
+provisional mean (so any number of images streams through without cancellation), then one
+symmetric eigendecomposition. The full D x D basis V is kept (rows = components, by decreasing
+variance) because Eq. 4 projects the residual on all D components. V is orthonormal
+(V V^T = I), so with ``whiten=False`` (the paper) encode/decode is a rotation followed by a
+truncation; ``whiten=True`` divides each latent dim by its standard deviation (an ablation).
+
+encode: z = (x_patch - mean) V_d^T            (B, L, d)
+decode: x_patch = z V_d + mean                 (B, L, D)   (the "inverse PCA", V^T)
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .base import Tokenizer
+
+
+class CovarianceAccumulator:
+    """Streaming fp64 mean/covariance of row vectors (N, D), shifted by the first chunk's mean."""
+
+    def __init__(self, dim: int):
+        self.dim, self.n = dim, 0
+        self.shift: torch.Tensor | None = None
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, rows: torch.Tensor) -> None:
+        rows = rows.reshape(-1, self.dim).to(torch.float64).cpu()
+        if self.shift is None:
+            self.shift = rows.mean(0)
+        r = rows - self.shift
+        self.n += r.shape[0]
+        self.sum += r.sum(0)
+        self.gram += r.T @ r
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n < 2:
+            raise ValueError("need at least 2 samples to estimate a covariance")
+        m = self.sum / self.n
+        cov = (self.gram - self.n * torch.outer(m, m)) / (self.n - 1)
+        return m + self.shift, (cov + cov.T) / 2
+
+
+class PCATokenizer(Tokenizer):
+    name = "pca"
+
+    def __init__(self, patch_size: int, dim: int, whiten: bool = False, channels: int = 3):
+        super().__init__(patch_size, dim, channels)
+        D = self.full_dim
+        self.whiten = whiten
+        self.register_buffer("mean", torch.zeros(D))
+        self.register_buffer("basis", torch.eye(D))  # (D, D), rows = components
+        self.register_buffer("eigvals", torch.ones(D))
+
+    def meta(self) -> dict:
+        return {**super().meta(), "whiten": self.whiten}
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor], patches_per_image: int = 0,
+            generator: torch.Generator | None = None) -> "PCATokenizer":
+        """``batches`` yields float images (B, C, H, W) in [-1, 1]."""
+        acc = CovarianceAccumulator(self.full_dim)
+        for x in batches:
+            tokens = self.to_tokens(x.float())  # (B, L, D)
+            if 0 < patches_per_image < tokens.shape[1]:
+                idx = torch.rand(tokens.shape[:2], generator=generator).argsort(1)[:, :patches_per_image]
+                tokens = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, tokens.shape[2]))
+            acc.update(tokens)
+        mean, cov = acc.finish()
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        order = evals.argsort(descending=True)
+        self.mean.copy_(mean.float())
+        self.eigvals.copy_(evals[order].clamp_min(0).float())
+        self.basis.copy_(evecs[:, order].T.float())
+        return self
+
+    def _scale(self) -> torch.Tensor:
+        return self.eigvals[: self.dim].clamp_min(1e-12).sqrt()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = (self.to_tokens(x) - self.mean) @ self.basis[: self.dim].T
+        return z / self._scale() if self.whiten else z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.whiten:
+            z = z * self._scale()
+        return z @ self.basis[: self.dim] + self.mean
+
+    def project_full(self, r: torch.Tensor) -> torch.Tensor:
+        """Coordinates of image-token residuals in the full basis: r V^T, (B, L, D) (Eq. 4)."""
+        return r @ self.basis.T
+
+    def explained_variance(self) -> torch.Tensor:
+        """Cumulative fraction of patch variance kept by the first 1..D components."""
+        return self.eigvals.cumsum(0) / self.eigvals.sum().clamp_min(1e-12)
