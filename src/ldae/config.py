@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ class LinprobeConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     fast: bool = False  # cache features once, train an lr grid of heads together
-    lr_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # blr values of --fast
+    lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # blr values of --fast
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     encoder: str = "ldae"  # ldae | random | pixels: what produces the features
 
@@ -206,6 +207,9 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``typ``; return it converted (int -> float, list -> tuple)."""
     origin = typing.get_origin(typ)
@@ -216,6 +220,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif typ is str:
@@ -275,9 +281,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None,
-                check: bool = True) -> Config:
-    """Build a config: defaults, then ``preset`` (a name or a YAML path), then ``overrides``."""
+                check: bool = True, base: dict[str, Any] | None = None) -> Config:
+    """Build a config: defaults, then ``base`` (e.g. a run's saved config) or ``preset`` (a name
+    or a YAML path), then ``overrides``."""
     cfg = Config()
+    if base is not None:
+        _apply(cfg, base)
     if preset:
         _apply(cfg, _read_yaml(preset))
     _apply(cfg, parse_overrides(list(overrides or [])))

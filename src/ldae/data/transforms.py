@@ -14,14 +14,18 @@ import math
 import torch
 from torchvision.ops import roi_align
 
+from ..diffusion.objective import sharded
+
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) in [0, 255] -> float32 in [-1, 1]."""
     return x.float().div_(127.5).sub_(1.0)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) < 0.5
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, rows=None) -> torch.Tensor:
+    """Flip each sample with probability 1/2 (draws made for the global batch, see ``Rows``)."""
+    flip = sharded(lambda n: torch.rand(n, generator=generator), x.shape[0], rows) < 0.5
+    flip = flip.to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -40,11 +44,14 @@ def rrc_boxes(batch: int, h: int, w: int, scale: tuple[float, float],
 
 
 def random_resized_crop(x: torch.Tensor, scale: tuple[float, float],
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, rows=None) -> torch.Tensor:
     B, C, H, W = x.shape
-    boxes = rrc_boxes(B, H, W, scale, generator=generator).to(x.device, x.dtype)
+    boxes = sharded(lambda n: rrc_boxes(n, H, W, scale, generator=generator), B, rows)
+    boxes = boxes.to(x.device, x.dtype)
     rois = torch.cat([torch.arange(B, device=x.device, dtype=x.dtype)[:, None], boxes], dim=1)
-    return roi_align(x, rois, output_size=(H, W), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    # One bilinear sample per output pixel: a crop never exceeds the image, so this only ever
+    # upsamples (torchvision's bilinear resize); 2 samples per bin would blur even a full crop.
+    return roi_align(x, rois, output_size=(H, W), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 class BatchAugment:
@@ -53,10 +60,11 @@ class BatchAugment:
     def __init__(self, crop: str = "center", scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True):
         self.crop, self.scale, self.hflip = crop, scale, hflip
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, rows=None
+                 ) -> torch.Tensor:
         x = to_float(x)
         if self.crop == "random_resized":
-            x = random_resized_crop(x, self.scale, generator)
+            x = random_resized_crop(x, self.scale, generator, rows)
         if self.hflip:
-            x = random_flip(x, generator)
+            x = random_flip(x, generator, rows)
         return x

@@ -18,6 +18,7 @@ The final l-DAE (Tab. 3, last row) is sigma_linear x image x inv1p_sigma2 x imag
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,6 +30,32 @@ from .weights import LOSS_WEIGHTS
 
 SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
              "constant": Constant}
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows of a global batch that one call sees (a rank's share, or one micro-batch of it).
+
+    Every random draw is made for all ``total`` rows and then indexed, so a step's randomness
+    does not depend on how its global batch is split over processes and accumulation steps."""
+    total: int
+    index: torch.Tensor  # (B_local,) int64 positions in the global batch
+
+    @staticmethod
+    def of(total: int, rank: int = 0, world: int = 1, micro: int = 0, micro_size: int | None = None
+           ) -> "Rows":
+        mine = torch.arange(rank, total, world)
+        if micro_size is not None:
+            mine = mine[micro * micro_size:(micro + 1) * micro_size]
+        return Rows(total, mine)
+
+
+def sharded(draw, local: int, rows: "Rows | None") -> torch.Tensor:
+    """``draw(n)`` for the whole global batch, then this call's rows (all of them if None)."""
+    if rows is None:
+        return draw(local)
+    out = draw(rows.total)
+    return out[rows.index.to(out.device)]
 
 
 def check_combination(d) -> None:
@@ -65,12 +92,13 @@ class Denoiser(nn.Module):
         self.tokenizer.requires_grad_(False)
 
     # -------------------------------------------------------------------- noise
-    def noisy_input(self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, Batch]:
+    def noisy_input(self, x: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                    rows: Rows | None = None) -> tuple[torch.Tensor, Batch]:
         """Eq. 1 in the tokenizer's latent, returned in the backbone's input space."""
         x0 = self.tokenizer.to_tokens(x)
         z0 = self.tokenizer.encode(x)
-        eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+        eps = sharded(lambda n: torch.randn((n, *z0.shape[1:]), device=z0.device, dtype=z0.dtype,
+                                            generator=generator), z0.shape[0], rows)
         gamma, sigma = self.schedule.coefficients(t)
         zt = gamma[:, None, None] * z0 + sigma[:, None, None] * eps
         inp = zt if self.input_space == "latent" else self.tokenizer.decode(zt)
@@ -80,21 +108,35 @@ class Denoiser(nn.Module):
         """Clean input at transfer: the latent z0, or the original image in image space."""
         return self.tokenizer.encode(x) if self.input_space == "latent" else self.tokenizer.to_tokens(x)
 
-    def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
-        return torch.randint(0, self.schedule.num_steps, (batch,), device=device, generator=generator)
+    def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                 rows: Rows | None = None) -> torch.Tensor:
+        """t ~ U{0, ..., T-1} per sample."""
+        return sharded(lambda n: torch.randint(0, self.schedule.num_steps, (n,), device=device,
+                                               generator=generator), batch, rows)
+
+    def drop_labels(self, y: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                    rows: Rows | None = None) -> torch.Tensor:
+        """Replace a fraction p of labels by the null class (index num_classes), for guidance."""
+        drop = sharded(lambda n: torch.rand(n, device=y.device, generator=generator), y.shape[0], rows) < p
+        return torch.where(drop, torch.full_like(y, self.backbone.y_embed.num_classes), y)
 
     # --------------------------------------------------------------------- loss
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None,
-             autocast: contextlib.AbstractContextManager | None = None
+             autocast: contextlib.AbstractContextManager | None = None,
+             net: nn.Module | None = None, rows: Rows | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: (B, C, H, W) float32 in [-1, 1]. Returns the scalar loss and detached parts."""
+        """x: (B, C, H, W) float32 in [-1, 1]. Returns the scalar loss and detached parts.
+
+        ``net`` replaces the backbone in the forward (a compiled or DDP-wrapped view of it).
+        ``rows``: which rows of the global batch x holds (see ``Rows``); None = x is the batch."""
         x = x.float()
-        t = self.sample_t(x.shape[0], x.device, generator)
-        inp, b = self.noisy_input(x, t, generator)
+        t = self.sample_t(x.shape[0], x.device, generator, rows)
+        inp, b = self.noisy_input(x, t, generator, rows)
+        if y is not None and self.backbone.y_embed is not None and self.training:
+            y = self.drop_labels(y, self.backbone.y_embed.dropout, generator, rows)
         with autocast or contextlib.nullcontext():
-            out = self.backbone(inp, self.schedule.t_cond(t), y, generator)
+            out = (net or self.backbone)(inp, self.schedule.t_cond(t), y)
         return self.loss_from_output(out.float(), b, t)
 
     def loss_from_output(self, out: torch.Tensor, b: Batch, t: torch.Tensor

@@ -58,22 +58,22 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
 
     # ------------------------------------------------------------------ protocol
-    def condition(self, t: torch.Tensor, y: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def condition(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """c = t embedding (+ label embedding; y=None means the null class)."""
         c = self.t_embed(t)
         if self.y_embed is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.y_embed.num_classes, device=t.device, dtype=torch.long)
-            c = c + self.y_embed(y, generator)
+            c = c + self.y_embed(y)
         return c
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.patch_embed(tokens) + self.pos_embed.to(tokens.dtype)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """(B, L, in_dim), t (B,) -> (B, L, out_dim)."""
-        c = self.condition(t, y, generator)
+        c = self.condition(t, y)
         x = self.embed(tokens)
         for blk in self.blocks:
             x = blk(x, c)

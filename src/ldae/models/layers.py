@@ -31,7 +31,8 @@ def sincos_pos_embed_2d(width: int, grid: int) -> torch.Tensor:
         out = pos.reshape(-1)[:, None] * omega[None]  # (L, dim/2)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    emb = np.concatenate([emb_1d(gy, width // 2), emb_1d(gx, width // 2)], axis=1)
+    # MAE/DiT order: the first half encodes the column (their grid[0] = grid_w), the second the row.
+    emb = np.concatenate([emb_1d(gx, width // 2), emb_1d(gy, width // 2)], axis=1)
     return torch.from_numpy(emb).float()
 
 
@@ -54,7 +55,9 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class label -> (B, W); index ``num_classes`` is the null class used for guidance.
 
-    During training a fraction ``dropout`` of labels is replaced by the null class (DiT)."""
+    Label dropout (a fraction ``dropout`` of labels replaced by the null class during training,
+    DiT) is drawn by the objective (``Denoiser.drop_labels``) so that all training randomness
+    lives in one place and is independent of how a batch is split over processes."""
 
     def __init__(self, num_classes: int, width: int, dropout: float):
         super().__init__()
@@ -62,10 +65,7 @@ class LabelEmbedder(nn.Module):
         self.dropout = dropout
         self.table = nn.Embedding(num_classes + 1, width)
 
-    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            drop = torch.rand(y.shape, device=y.device, generator=generator) < self.dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.table(y)
 
 

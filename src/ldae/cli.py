@@ -1,0 +1,145 @@
+"""The one console script. Thin: parse arguments, build the config, call ``engine.X.run``.
+
+    ldae fit-tokenizer -c PRESET [key=value ...] --out DIR
+    ldae pretrain      -c PRESET [key=value ...] --out RUN_DIR [--resume auto|CKPT] [--force]
+    ldae linprobe      --out RUN_DIR [--fast] [--encoder ldae|random|pixels] [key=value ...]
+    ldae demo          [--out DIR] [key=value ...]
+    ldae info          [RUN_DIR]
+
+Errors caused by input print one paragraph and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import LdaeError
+
+
+def _common(p: argparse.ArgumentParser, preset_required: bool = False, default_out: str | None = None) -> None:
+    p.add_argument("-c", "--config", required=preset_required,
+                   help="preset name (see `ldae info`) or path to a YAML file")
+    p.add_argument("--out", required=default_out is None, default=default_out, help="run directory")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.epochs=10 data.path=../shared/data/cifar10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ldae", description="latent Denoising Autoencoders (l-DAE)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("fit-tokenizer", help="fit the tokenizer (PCA) on the training split")
+    _common(p, preset_required=True)
+    p = sub.add_parser("pretrain", help="pretrain an l-DAE (or any objective of the trajectory)")
+    _common(p, preset_required=True)
+    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of --out) or a checkpoint path")
+    p.add_argument("--force", action="store_true", help="start over in an existing run dir")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    p = sub.add_parser("linprobe", help="linear-probe a frozen encoder (MAE protocol)")
+    _common(p)
+    p.add_argument("--fast", action="store_true", help="cache features once; train an lr grid of heads")
+    p.add_argument("--encoder", choices=["ldae", "random", "pixels"], default=None,
+                   help="probe the trained encoder, the same architecture at random init, or raw pixels")
+    p.add_argument("--no-ema", action="store_true", help="probe the raw weights even if EMA weights exist")
+    p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
+    _common(p, default_out="runs/demo")
+    p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
+    p.add_argument("run_dir", nargs="?", default=None)
+    return ap
+
+
+def _load(args) -> "Config":  # noqa: F821
+    from .config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_linprobe(args) -> dict:
+    from .config import load_config
+    from .dist import setup
+    from .engine import linprobe
+    from .engine.common import CONFIG_FILE, encoder_for
+
+    out = Path(args.out)
+    overrides = list(args.overrides)
+    if args.fast:
+        overrides.append("linprobe.fast=true")
+    if args.encoder:
+        overrides.append(f"linprobe.encoder={args.encoder}")
+    if (out / CONFIG_FILE).is_file():
+        base = yaml.safe_load((out / CONFIG_FILE).read_text())
+        cfg = load_config(args.config, overrides, base=None if args.config else base)
+    else:
+        cfg = load_config(args.config, overrides)
+    rt = setup(cfg.train.device, cfg.train.threads)
+    den = encoder_for(cfg, out, rt.device, use_ema=not args.no_ema)
+    out.mkdir(parents=True, exist_ok=True)
+    return linprobe.run(cfg, out, den, rt)
+
+
+def cmd_info(args) -> None:
+    from .config import preset_names
+    from .data import SOURCES
+    from .diffusion import LOSS_WEIGHTS, SCHEDULES, TARGETS
+    from .models import MODEL_SIZES
+    from .tokenizers import TOKENIZERS
+
+    if args.run_dir:
+        from .engine.common import read_run_config
+
+        run = Path(args.run_dir)
+        cfg = read_run_config(run)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        for f in ["train_summary.json", *sorted(str(p.relative_to(run)) for p in run.glob("eval/*.json"))]:
+            if (run / f).is_file():
+                print(f"# {f}\n{(run / f).read_text()}")
+        return
+    print("models (width x depth, heads):")
+    for k, s in MODEL_SIZES.items():
+        print(f"  {k:8s} {s.width:5d} x {s.depth:2d}, {s.heads:2d} heads   {s.note}")
+    print(f"tokenizers:    {', '.join(TOKENIZERS)}")
+    print(f"schedules:     {', '.join(SCHEDULES)}")
+    print(f"targets:       {', '.join(TARGETS)}")
+    print(f"loss weights:  {', '.join(LOSS_WEIGHTS)}")
+    print("spaces:        input_space / output_space = latent | image")
+    print(f"data sources:  {', '.join(SOURCES)}")
+    print(f"presets:       {', '.join(preset_names())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "info":
+            cmd_info(args)
+        elif args.cmd == "fit-tokenizer":
+            from .engine import fit_tokenizer
+
+            print(json.dumps({k: v for k, v in fit_tokenizer.run(_load(args), Path(args.out)).items()
+                              if k != "explained_variance"}, indent=2))
+        elif args.cmd == "pretrain":
+            from .engine import pretrain
+
+            summary = pretrain.run(_load(args), Path(args.out), resume=args.resume, force=args.force,
+                                   max_steps=args.max_steps)
+            print(json.dumps(summary, indent=2))
+        elif args.cmd == "linprobe":
+            res = cmd_linprobe(args)
+            print(json.dumps({k: v for k, v in res.items() if k != "grid"}, indent=2))
+        elif args.cmd == "demo":
+            from .engine import demo
+
+            cfg = _load(argparse.Namespace(config=args.config or "demo", overrides=args.overrides))
+            demo.run(cfg, Path(args.out))
+    except LdaeError as e:
+        print(f"ldae {args.cmd}: error: {e}", file=sys.stderr)
+        from .engine.pretrain import EXIT_NONFINITE, NonFiniteLoss
+
+        return EXIT_NONFINITE if isinstance(e, NonFiniteLoss) else 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What every engine shares: run-dir layout, loading a trained run, building the tokenizer.
+
+Run dir:
+    config.yaml               resolved config (the source of every run's settings)
+    tokenizer.safetensors     fitted tokenizer (tensors + JSON header)
+    checkpoints/ckpt-*.pt     training state (tensors and plain data only)
+    metrics.jsonl             one line per log step
+    eval/linprobe*.json       probe results
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import checkpoint
+from ..config import Config, config_from_dict, dump_yaml
+from ..diffusion.objective import Denoiser, build_denoiser
+from ..errors import CheckpointError, ConfigError
+from ..tokenizers import Tokenizer, load_tokenizer
+
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.safetensors"
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not an ldae run dir: {CONFIG_FILE} is missing. Give the "
+                          "--out folder of an `ldae pretrain` run.")
+    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    checkpoint.atomic_write_text(Path(run_dir) / CONFIG_FILE, dump_yaml(cfg))
+
+
+def tokenizer_for(cfg: Config, run_dir: Path | None) -> Tokenizer | None:
+    """The tokenizer named by ``tokenizer.path``, else the run dir's, else None (must be fitted)."""
+    if cfg.tokenizer.path:
+        tok = load_tokenizer(cfg.tokenizer.path)
+    elif run_dir is not None and (Path(run_dir) / TOKENIZER_FILE).is_file():
+        tok = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
+    else:
+        return None
+    if tok.patch_size != cfg.model.patch_size or tok.dim != cfg.tokenizer.dim:
+        raise ConfigError(f"the tokenizer has patch_size={tok.patch_size}, dim={tok.dim} but the config "
+                          f"asks for model.patch_size={cfg.model.patch_size}, tokenizer.dim="
+                          f"{cfg.tokenizer.dim}; refit it or change the config.")
+    return tok
+
+
+def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "cpu",
+             ckpt: Path | None = None) -> tuple[Config, Denoiser]:
+    """The trained Denoiser of a run dir (EMA weights when present and asked for), in eval mode."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    tok = tokenizer_for(cfg, run_dir)
+    if tok is None:
+        raise CheckpointError(f"{run_dir} has no {TOKENIZER_FILE}; the run never fitted its tokenizer.")
+    den = build_denoiser(cfg, tok)
+    path = ckpt or checkpoint.latest(run_dir)
+    if path is None:
+        raise CheckpointError(f"{run_dir}/checkpoints holds no checkpoint; train with `ldae pretrain`.")
+    state = checkpoint.load(path)
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    try:
+        den.backbone.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the model of {run_dir}/config.yaml: {e}") from None
+    return cfg, den.to(device).eval()
+
+
+def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
+    """The same architecture at random init (seeded by train.seed): the probe's lower baseline."""
+    torch.manual_seed(cfg.train.seed)
+    return build_denoiser(cfg, tokenizer).eval()
+
+
+def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True
+                ) -> Denoiser | None:
+    """What ``linprobe.encoder`` names: the run's trained denoiser, the same architecture at
+    random init (with the run's tokenizer, or one fitted now), or None for raw pixels."""
+    enc = cfg.linprobe.encoder
+    if enc == "ldae":
+        return load_run(run_dir, use_ema=use_ema, device=device)[1]
+    if enc == "random":
+        from .fit_tokenizer import fit
+
+        tok = tokenizer_for(cfg, run_dir) or fit(cfg)
+        return build_random(cfg, tok).to(device)
+    return None

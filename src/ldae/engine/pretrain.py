@@ -1,0 +1,269 @@
+"""``ldae pretrain``: train the denoiser (paper App. A "Training").
+
+AdamW without weight decay, lr = blr x global batch / 256, per-iteration linear warmup then
+half-cycle cosine; gradient accumulation; optional EMA of the weights; bf16 autocast for the
+backbone on CUDA (tokenizer, noise, loss in fp32) and fp32 on CPU; optional torch.compile with an
+eager fallback; DDP under torchrun; a progress bar in images (img/s, ETA); ``metrics.jsonl``;
+atomic checkpoints; exact resume.
+
+Exact resume without saving RNG states: every random draw of step s (data order, augmentation,
+t, noise, label dropout) comes from generators seeded by (seed, s), so "k steps, save, resume,
+k steps" replays exactly what 2k uninterrupted steps do. Each rank and micro-batch draws for the
+whole global batch and keeps its own rows, so a step is the same on 1 process or N, with or
+without gradient accumulation.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .. import checkpoint, dist
+from ..config import Config, diff_configs
+from ..data import BatchAugment, BatchStream, build_dataset
+from ..diffusion.objective import Denoiser, Rows, build_denoiser
+from ..errors import ConfigError, LdaeError
+from ..logging import MetricsLog, Timer, progress
+from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
+from ..tokenizers import Tokenizer
+from . import fit_tokenizer
+from .common import TOKENIZER_FILE, read_run_config, tokenizer_for, write_run_config
+
+EXIT_NONFINITE = 3
+
+
+class NonFiniteLoss(LdaeError):
+    pass
+
+
+@dataclass
+class Plan:
+    """Derived quantities, computed once and written into metrics and the summary."""
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    local_batch: int
+    micro_batch: int
+
+
+def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
+    o = cfg.optim
+    if o.batch_size > n_images:
+        raise ConfigError(f"optim.batch_size={o.batch_size} exceeds the {n_images} training images; "
+                          "lower optim.batch_size.")
+    if o.batch_size % (world * o.accum_steps) != 0:
+        raise ConfigError(f"optim.batch_size={o.batch_size} must be divisible by world size x "
+                          f"optim.accum_steps = {world} x {o.accum_steps}.")
+    spe = n_images // o.batch_size
+    local = o.batch_size // world
+    return Plan(steps_per_epoch=spe, total_steps=max(1, round(o.epochs * spe)),
+                warmup_steps=round(o.warmup_epochs * spe), lr=scaled_lr(o.blr, o.batch_size),
+                local_batch=local, micro_batch=local // o.accum_steps)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of ``step``, the same on every rank and micro-batch: each draws for the whole
+    global batch and keeps its rows (``Rows``), so splitting the batch changes nothing."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + step)
+    return g
+
+
+def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_main: bool) -> Path | None:
+    """Check the run dir before any work; return the checkpoint to resume from, if any."""
+    has_state = (out / "config.yaml").exists() and checkpoint.latest(out) is not None
+    if resume in (None, "none"):
+        if has_state and not force:
+            raise ConfigError(f"{out} already holds a run; pass --resume auto to continue it or "
+                              "--force to start over (its checkpoints and metrics are deleted).")
+        if has_state and force and is_main:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        return None
+    if resume == "auto":
+        path = checkpoint.latest(out) if has_state else None
+    else:
+        path = Path(resume)
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: no such checkpoint file; use --resume auto.")
+    if path is not None and (out / "config.yaml").exists():
+        changed = diff_configs(cfg, read_run_config(out))
+        ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
+                     "train.device", "train.threads", "data.num_workers")
+        changed = [c for c in changed if not c.startswith(ignorable)]
+        if changed:
+            raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
+                              f"{'; '.join(changed)}. Resume with the same config (or start a new run dir).")
+    return path
+
+
+def get_tokenizer(cfg: Config, out: Path, dataset, rt: dist.Runtime) -> Tokenizer:
+    tok = tokenizer_for(cfg, out)
+    if tok is None:
+        if rt.is_main:
+            tok = fit_tokenizer.fit(cfg, dataset, show=True)
+            tok.save(out / TOKENIZER_FILE)
+        rt.barrier()
+        tok = tokenizer_for(cfg, out)
+    elif cfg.tokenizer.path and rt.is_main:
+        tok.save(out / TOKENIZER_FILE)
+    return tok
+
+
+class Trainer:
+    """One training state: model, optimizer, EMA and step (EDM2/nanochat style)."""
+
+    def __init__(self, cfg: Config, den: Denoiser, plan: Plan, rt: dist.Runtime):
+        self.cfg, self.den, self.plan, self.rt = cfg, den, plan, rt
+        self.params = [p for p in den.backbone.parameters() if p.requires_grad]
+        self.opt = build_adamw(den.backbone, plan.lr, cfg.optim.weight_decay, cfg.optim.betas,
+                               fused=rt.device.type == "cuda")
+        self.ema = [p.detach().clone() for p in self.params] if cfg.optim.ema > 0 else None
+        self.step = 0
+        net: torch.nn.Module = den.backbone
+        self.compiled = False
+        if cfg.model.compile:
+            net = torch.compile(net)
+            self.compiled = True
+        if rt.distributed:
+            net = DDP(net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+        self.net = net
+
+    def state(self) -> dict:
+        names = [n for n, p in self.den.backbone.named_parameters() if p.requires_grad]
+        ema = None
+        if self.ema is not None:
+            sd = {k: v.detach().clone() for k, v in self.den.backbone.state_dict().items()}
+            sd.update({n: e for n, e in zip(names, self.ema)})
+            ema = sd
+        return {"model": self.den.backbone.state_dict(), "ema": ema,
+                "optimizer": self.opt.state_dict(), "step": self.step,
+                "config": self.cfg.to_dict(), "format": "ldae-pretrain-v1"}
+
+    def load(self, state: dict) -> None:
+        self.den.backbone.load_state_dict(state["model"], strict=True)
+        self.opt.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if not state.get("ema"):
+                raise ConfigError("the checkpoint has no EMA weights but optim.ema > 0.")
+            names = [n for n, p in self.den.backbone.named_parameters() if p.requires_grad]
+            for e, n in zip(self.ema, names):
+                e.copy_(state["ema"][n])
+        self.step = int(state["step"])
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, augment: BatchAugment) -> torch.Tensor:
+        """One optimizer step over the local batch in ``accum_steps`` micro-batches."""
+        cfg, rt, plan = self.cfg, self.rt, self.plan
+        set_lr(self.opt, warmup_cosine(self.step, plan.total_steps, plan.warmup_steps, plan.lr))
+        accum = cfg.optim.accum_steps
+        total = torch.zeros((), device=rt.device)
+        xs, ys = xb.split(plan.micro_batch), yb.split(plan.micro_batch)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            rows = Rows.of(cfg.optim.batch_size, rt.rank, rt.world, i, plan.micro_batch)
+            g_aug = step_generator(cfg.train.seed, self.step, torch.device("cpu"))
+            g_dev = step_generator(cfg.train.seed, self.step, rt.device)
+            x = augment(x.to(rt.device, non_blocking=True), g_aug, rows)
+            y = y.to(rt.device, non_blocking=True) if cfg.model.class_cond else None
+            sync = not rt.distributed or i == accum - 1
+            ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
+            with ctx:
+                loss, _ = self.den.loss(x, y, g_dev, rt.autocast(), net=self.net, rows=rows)
+                (loss / accum).backward()
+            total += loss.detach()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            ema_update(self.ema, [p.detach() for p in self.params], cfg.optim.ema)
+        self.step += 1
+        return total / accum
+
+
+def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
+        max_steps: int | None = None) -> dict:
+    """Pretrain into ``out``. ``max_steps`` stops early (tests), keeping the schedule of the full run."""
+    rt = dist.setup(cfg.train.device, cfg.train.threads)
+    out = Path(out)
+    resume_from = prepare_run_dir(cfg, out, resume, force, rt.is_main)
+    dataset = build_dataset(cfg, cfg.data.train_split)
+    plan = make_plan(cfg, len(dataset), rt.world)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, cfg)
+    rt.barrier()
+    tok = get_tokenizer(cfg, out, dataset, rt)
+    torch.manual_seed(cfg.train.seed)
+    den = build_denoiser(cfg, tok).to(rt.device).train()
+    trainer = Trainer(cfg, den, plan, rt)
+    log = MetricsLog(out, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
+    if resume_from is not None:
+        trainer.load(checkpoint.load(resume_from, map_location=rt.device))
+        log.truncate_after(trainer.step)
+    stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
+    stream = iter(BatchStream(dataset, cfg.optim.batch_size, cfg.train.seed, rt.rank, rt.world,
+                              start=trainer.step, num_workers=cfg.data.num_workers))
+    augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip)
+    B = cfg.optim.batch_size
+    bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
+    timer = Timer()
+    start_step = trainer.step
+    window_loss = torch.zeros((), device=rt.device)
+    window_n, window_t0 = 0, time.perf_counter()
+    last = {}
+    while trainer.step < stop:
+        xb, yb = next(stream)
+        try:
+            loss = trainer.train_step(xb, yb, augment)
+        except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
+            if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
+                raise
+            print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
+            trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
+            trainer.compiled = False
+            trainer.opt.zero_grad(set_to_none=True)
+            loss = trainer.train_step(xb, yb, augment)
+        window_loss += loss
+        window_n += 1
+        bar.update(B)
+        s = trainer.step
+        if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0:
+            mean_loss = float(rt.all_reduce_mean(window_loss / window_n))
+            lr = trainer.opt.param_groups[0]["lr"]
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLoss(
+                    f"non-finite loss {mean_loss} in steps {s - window_n + 1}..{s} at lr {lr:.3e}; "
+                    f"the last good checkpoint is {checkpoint.latest(out)}. Lower optim.blr, enable "
+                    "optim.grad_clip, or check the data.")
+            dt = time.perf_counter() - window_t0
+            last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
+                    "loss": mean_loss, "lr": lr, "img_per_s": round(window_n * B / dt, 2)}
+            log.write(last)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            window_loss.zero_()
+            window_n, window_t0 = 0, time.perf_counter()
+        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop):
+            checkpoint.save(checkpoint.checkpoint_path(out, s), trainer.state())
+            checkpoint.prune(out, cfg.train.keep_ckpts)
+    bar.close()
+    log.close()
+    rt.barrier()
+    wall = timer.elapsed()
+    steps_run = trainer.step - start_step
+    summary = {"steps": trainer.step, "total_steps": plan.total_steps, "steps_this_run": steps_run,
+               "epochs": round(trainer.step / plan.steps_per_epoch, 4), "images": trainer.step * B,
+               "wall_seconds": round(wall, 2),
+               "img_per_s": round(steps_run * B / wall, 2) if wall > 0 else None,
+               "final_loss": last.get("loss"), "lr_peak": plan.lr, "world_size": rt.world,
+               "device": str(rt.device), "params": den.backbone.num_params(),
+               "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4)}
+    if rt.is_main:
+        checkpoint.atomic_write_json(out / "train_summary.json", summary)
+    return summary
