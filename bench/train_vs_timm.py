@@ -64,9 +64,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def loadavg() -> str:
+    """1/5/15-min load averages: other processes on the machine skew CPU numbers."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def hardware(device: torch.device) -> dict:
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": str(device)}
+            "threads": torch.get_num_threads(), "device": str(device), "loadavg": loadavg()}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(gpu=p.name, gpu_sms=p.multi_processor_count,
@@ -75,7 +84,8 @@ def hardware(device: torch.device) -> dict:
 
 
 def hardware_line(hw: dict) -> str:
-    s = f"cpu: {hw['cpu']} ({hw['cpu_count']} logical CPUs), torch {hw['torch']}, {hw['threads']} thread(s)"
+    s = (f"cpu: {hw['cpu']} ({hw['cpu_count']} logical CPUs), torch {hw['torch']}, "
+         f"{hw['threads']} thread(s), load average {hw['loadavg']}")
     if "gpu" in hw:
         s += f"; gpu: {hw['gpu']} ({hw['gpu_sms']} SMs, {hw['gpu_mem_gib']} GiB)"
     return s

@@ -15,6 +15,7 @@ without gradient accumulation.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import time
@@ -208,6 +209,11 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         trainer.load(checkpoint.load(resume_from, map_location=rt.device))
         log.truncate_after(trainer.step)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
+    done = out / "train_summary.json"
+    if trainer.step >= stop and done.is_file():
+        if rt.is_main:
+            print(f"{out}: pretraining already finished at step {trainer.step}; nothing to do.")
+        return json.loads(done.read_text())
     stream = iter(BatchStream(dataset, cfg.optim.batch_size, cfg.train.seed, rt.rank, rt.world,
                               start=trainer.step, num_workers=cfg.data.num_workers))
     augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip)

@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` (the main job on the bundled digits) and
+# `make test` (the suite). Each creates or refreshes .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ldae-installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ldae demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_vs_timm.py
+	$(BIN)/python bench/linprobe.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

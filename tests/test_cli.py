@@ -1,0 +1,68 @@
+"""The console script end to end on a toy config, and its errors (one paragraph, exit 2, no work)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ldae.cli import main
+
+TOY = ["data.source=synthetic", "data.image_size=8", "data.synthetic_size=64", "data.val_size=32",
+       "model.name=test", "model.patch_size=4", "tokenizer.dim=4", "optim.batch_size=16",
+       "optim.epochs=2", "optim.warmup_epochs=1", "optim.blr=1e-3", "linprobe.epochs=3",
+       "linprobe.warmup_epochs=1", "linprobe.batch_size=16", "linprobe.lr_grid=[1,10]"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_toy_config(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TOY]) == 0
+    text = capsys.readouterr().out
+    assert "l-DAE minus random init" in text
+    for name in ("linprobe.json", "linprobe-random.json", "linprobe-pixels.json"):
+        res = json.loads((out / "eval" / name).read_text())
+        assert 0 <= res["top1"] <= res["top5"] <= 100 and res["mode"] == "fast"
+    assert (out / "report.md").read_text().count("|") > 10
+    # rerunning resumes the finished pretraining instead of refusing or redoing it
+    assert main(["demo", "--out", str(out), *TOY]) == 0
+
+
+def test_pretrain_linprobe_info_commands(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "-c", "demo", "--out", str(out), *TOY]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 8 and summary["img_per_s"] > 0
+    assert main(["linprobe", "--out", str(out), "--fast", "linprobe.epochs=2"]) == 0
+    res = json.loads((out / "eval" / "linprobe.json").read_text())
+    assert res["encoder"] == "ldae" and res["epochs"] == 2 and res["eval_split"] == "val"
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "train_summary.json" in capsys.readouterr().out
+    assert main(["fit-tokenizer", "-c", "demo", "--out", str(tmp_path / "tok"), *TOY]) == 0
+    assert (tmp_path / "tok" / "tokenizer.safetensors").is_file()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["pretrain", "-c", "demo", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["pretrain", "-c", "demo", "diffusion.schedule=cosine"], "Choices:"),
+    (["pretrain", "-c", "demo", "diffusion.target=eps"], "output_space"),
+    (["pretrain", "-c", "nosuchpreset"], "unknown preset"),
+    (["pretrain", "-c", "cifar10-cpu", "data.path=/no/such/dir"], "does not exist"),
+    (["pretrain", "-c", "demo", "optim.epochs=abc"], "wrong type"),
+    (["linprobe", "--encoder", "ldae"], "not an ldae run dir"),
+])
+def test_bad_input_is_one_paragraph_and_no_work(tmp_path, capsys, argv, needle):
+    out = tmp_path / "never"
+    argv = argv[:1] + ["--out", str(out)] + argv[1:]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (out / "checkpoints").exists()
+
+
+def test_console_script_runs_info():
+    r = subprocess.run([sys.executable, "-m", "ldae.cli", "info"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "presets:" in r.stdout and "cifar10-cpu" in r.stdout
