@@ -342,20 +342,49 @@ def per_block(args, device: torch.device, steps: int, repeats: int) -> dict:
     return out
 
 
-def profile(variants: list[Variant], device: torch.device, rows: int) -> None:
+def profile(variants: list[Variant], device: torch.device, rows: int, steps: int = 2) -> dict:
+    """torch.profiler over ``steps`` steps of each variant: self time per op (ms per step) side by
+    side, sorted by how much more time ours/backbone spends than timm. Self CPU time on CPU,
+    self device time on CUDA."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def self_ms(e) -> float:
+        if device.type == "cuda":
+            us = getattr(e, "self_device_time_total", None)
+            us = us if us is not None else getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            us = e.self_cpu_time_total
+        return us / 1e3 / steps
+
+    table: dict[str, dict[str, tuple[float, int]]] = {}
     for v in variants:
         v.step()
         sync(device)
         with tprofile(activities=acts) as prof:
-            v.step()
+            for _ in range(steps):
+                v.step()
             sync(device)
-        print(f"\n--- profile of one {v.name} step (top {rows} ops by {key}) ---")
-        print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=40))
+        table[v.name] = {e.key: (self_ms(e), e.count // steps) for e in prof.key_averages()}
+    names = [v.name for v in variants]
+    a, b = names[0], "timm"
+    ops = set().union(*(t.keys() for t in table.values()))
+    diff = lambda op: table[a].get(op, (0, 0))[0] - table[b].get(op, (0, 0))[0]  # noqa: E731
+    top = sorted(ops, key=lambda op: -max(abs(diff(op)), *(t.get(op, (0, 0))[0] for t in table.values())))
+    top = sorted(top[:rows], key=lambda op: -diff(op))
+    unit = "self device ms" if device.type == "cuda" else "self CPU ms"
+    print(f"\nprofile: {unit} per step (calls per step) over {steps} steps each; sorted by {a} - {b}")
+    print(f"{'op':44s}" + "".join(f"{n:>22s}" for n in names) + f"{a + ' - ' + b:>24s}")
+    for op in top:
+        cells = "".join(f"{table[n].get(op, (0.0, 0))[0]:14.1f} ({table[n].get(op, (0.0, 0))[1]:4d}) "
+                        for n in names)
+        print(f"{op[:44]:44s}{cells}{diff(op):+16.1f}")
+    totals = {n: sum(x[0] for x in table[n].values()) for n in names}
+    print(f"{'total':44s}" + "".join(f"{totals[n]:14.1f}        " for n in names)
+          + f"{totals[a] - totals[b]:+16.1f}")
+    return {n: {op: {"ms": ms, "calls": c} for op, (ms, c) in t.items()} for n, t in table.items()}
 
 
 # ---------------------------------------------------------------------------------- main
@@ -445,19 +474,19 @@ def main() -> None:
 
     blk = None
     if args.per_block:
-        blk = per_block(args, device, max(steps * 3, 3), repeats)
+        blk = per_block(args, device, max(steps * 2, 2), repeats)
         print(f"\none block, forward + backward on (B={args.batch}, L={L}, W={size.width}), interleaved:")
         for name, r in blk.items():
             print(f"  {name:13s} {r['ms']:8.2f} ms  {r['gflop_per_s']:7.1f} GFLOP/s  "
                   f"x{r['ratio_vs_timm']:.3f} of timm")
         print("  (ours-erf: exact GELU instead of tanh; ours-erf-fma: plus modulate as one addcmul)")
-    if args.profile:
-        profile(order, device, 15)
+    prof = profile(order, device, 18) if args.profile else None
 
     if args.json:
         rec = {"bench": "train_vs_timm", "hardware": hw, "args": vars(args), "steps": steps,
                "warmup": warmup, "repeats": repeats, "tokens": L, "peak_tflops": peak,
-               "results": res, "ratios": ratios, "target_ratio": TARGET_RATIO, "per_block": blk}
+               "results": res, "ratios": ratios, "target_ratio": TARGET_RATIO, "per_block": blk,
+               "profile": prof, "loadavg_end": loadavg()}
         with open(args.json, "w") as f:
             json.dump(rec, f, indent=2)
         print(f"\nwrote {args.json}")

@@ -15,8 +15,13 @@ from torch import nn
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: (B, L, W) * (1 + scale) + shift, with (B, W) scale/shift."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: (B, L, W) * (1 + scale) + shift, with (B, W) scale/shift, as one fused op."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y with a (B, W) gate, as one fused op (adaLN-Zero's residual)."""
+    return torch.addcmul(x, gate.unsqueeze(1), y)
 
 
 def sincos_pos_embed_2d(width: int, grid: int) -> torch.Tensor:
@@ -111,10 +116,14 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Linear -> GELU -> Linear. Exact GELU (timm's default) rather than DiT's tanh approximation:
+    the two differ by < 1e-3, exact GELU is ~2x faster on CPU, and an exported encoder is then a
+    stock timm ViT."""
+
     def __init__(self, width: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,8 +143,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        x = gated_residual(x, gate_a, self.attn(modulate(self.norm1(x), shift_a, scale_a)))
+        x = gated_residual(x, gate_m, self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
         return x
 
 
