@@ -94,7 +94,7 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads; 0 = pick (1 on this project's 2-vCPU machines)
+    threads: int = 0  # torch CPU threads per process; 0 = the process's share of the usable cores
     log_every: int = 20  # steps between metrics.jsonl lines
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     keep_ckpts: int = 2

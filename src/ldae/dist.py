@@ -48,10 +48,15 @@ class Runtime:
         return x
 
 
-def pick_threads(requested: int) -> int:
-    """CPU threads: the config's value, else 1. On this project's 2-vCPU machines the two vCPUs
-    share one core's FMA units and 1 thread trains small ViTs 3x faster than 2 (bench/cpu_threads)."""
-    return requested if requested > 0 else 1
+def pick_threads(requested: int, local_world: int = 1) -> int:
+    """CPU threads per process: the config's value, else this process's share of the usable
+    cores. Measured on this project's 2-vCPU machines (bench/cpu_threads.py, docs/results.md):
+    with the machine otherwise idle, 2 threads train the cifar10-cpu model ~1.6x faster than 1;
+    when another job shares the machine, set train.threads=1."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world))
 
 
 def setup(device: str = "auto", threads: int = 0) -> Runtime:
@@ -70,7 +75,7 @@ def setup(device: str = "auto", threads: int = 0) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         dev = torch.device("cpu")
-        torch.set_num_threads(pick_threads(threads))
+        torch.set_num_threads(pick_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(rank, world, local_rank, dev)

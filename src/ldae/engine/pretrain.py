@@ -32,6 +32,7 @@ from ..diffusion.objective import Denoiser, Rows, build_denoiser
 from ..errors import ConfigError, LdaeError
 from ..logging import MetricsLog, Timer, progress
 from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
+from ..plots import training_curves
 from ..tokenizers import Tokenizer
 from . import fit_tokenizer
 from .common import TOKENIZER_FILE, read_run_config, tokenizer_for, write_run_config
@@ -272,4 +273,5 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4)}
     if rt.is_main:
         checkpoint.atomic_write_json(out / "train_summary.json", summary)
+        training_curves(out)
     return summary

@@ -1,0 +1,41 @@
+"""Plots that people would rather look at than tables; written into the run dir as PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def training_curves(run_dir: str | Path) -> Path | None:
+    """loss and lr against images seen, from ``metrics.jsonl`` -> ``figures/training.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_path
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if "images" in r and "loss" in r]
+    if not rows:
+        return None
+    imgs = [r["images"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    a.plot(imgs, [r["loss"] for r in rows], lw=1.2)
+    a.set_yscale("log")
+    a.set_xlabel("images seen")
+    a.set_ylabel("training loss (Eq. 4, mean per log window)")
+    a.grid(alpha=0.3)
+    b.plot(imgs, [r["lr"] for r in rows], lw=1.2, color="tab:orange")
+    b.set_xlabel("images seen")
+    b.set_ylabel("learning rate")
+    b.grid(alpha=0.3)
+    fig.suptitle(run_dir.name)
+    out = run_dir / "figures" / "training.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
