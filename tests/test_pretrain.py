@@ -93,6 +93,8 @@ def test_run_dir_layout_and_refusals(tmp_path):
     s = pretrain.run(cfg, out, max_steps=3)
     assert (out / "config.yaml").is_file() and (out / "tokenizer.safetensors").is_file()
     assert (out / "train_summary.json").is_file()
+    png = (out / "figures" / "training.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "epoch", "images", "loss", "lr", "img_per_s"} <= lines[0].keys()
     assert checkpoint.latest(out).name == "ckpt-00000003.pt"

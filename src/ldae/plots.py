@@ -11,6 +11,7 @@ def training_curves(run_dir: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     from .checkpoint import atomic_path
 
@@ -27,12 +28,14 @@ def training_curves(run_dir: str | Path) -> Path | None:
     a.plot(imgs, [r["loss"] for r in rows], lw=1.2)
     a.set_yscale("log")
     a.set_xlabel("images seen")
-    a.set_ylabel("training loss (Eq. 4, mean per log window)")
+    a.set_ylabel("training loss (mean per log window)")
     a.grid(alpha=0.3)
     b.plot(imgs, [r["lr"] for r in rows], lw=1.2, color="tab:orange")
     b.set_xlabel("images seen")
     b.set_ylabel("learning rate")
     b.grid(alpha=0.3)
+    for ax in (a, b):
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     fig.suptitle(run_dir.name)
     out = run_dir / "figures" / "training.png"
     with atomic_path(out) as tmp:
