@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = pretrain.run(_load(args), Path(args.out), resume=args.resume, force=args.force,
                                    max_steps=args.max_steps)
-            print(json.dumps(summary, indent=2))
+            if os.environ.get("RANK", "0") == "0":
+                print(json.dumps(summary, indent=2))
         elif args.cmd == "linprobe":
             res = cmd_linprobe(args)
             print(json.dumps({k: v for k, v in res.items() if k != "grid"}, indent=2))
