@@ -1,4 +1,4 @@
-"""Training-step throughput at 1 vs 2 torch CPU threads (checks ldae's 1-thread default).
+"""Training-step throughput at 1 vs 2 torch CPU threads (checks ldae's thread default, train.threads).
 
 The claim under test (ldae.dist.pick_threads, anchors-performance.md section 7): on this
 project's 2-vCPU machines the two vCPUs share one core's FMA units, so a second torch thread
@@ -65,14 +65,10 @@ def run_worker(args, n: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="mini", help="a size of ldae.models.registry (default mini)")
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--patch-size", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--latent-dim", type=int, default=4)
-    ap.add_argument("--adaln", choices=["mlp4", "linear"], default="mlp4")
+    sys.path.insert(0, HERE)
+    from train_vs_timm import shape_parser
+
+    ap = shape_parser(__doc__, batch=64)
     ap.add_argument("--step", choices=["ldae", "backbone"], default="ldae")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per subprocess")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per subprocess")
@@ -121,8 +117,8 @@ def main() -> None:
     verdict = ""
     if 1 in res and 2 in res:
         sp = res[2]["img_per_s"] / res[1]["img_per_s"]
-        verdict = ("2 threads faster: the 1-thread default costs throughput here" if sp > 1.05 else
-                   "1 thread is as fast or faster: the 1-thread default holds")
+        verdict = ("2 threads faster: the all-cores default (train.threads=0) fits this machine" if sp > 1.05 else
+                   "1 thread is as fast or faster: use train.threads=1 on this machine")
         print(f"\n2 threads / 1 thread throughput: x{sp:.2f} -> {verdict}")
         res["speedup_2_over_1"] = sp
     print(f"load average at start {load0}, at end {load1} (other work on the machine skews these)")

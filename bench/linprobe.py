@@ -30,7 +30,6 @@ fc1, fc2). Achieved GFLOP/s = F_fwd * img/s / 1e9.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -45,7 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_vs_timm import (autocast_for, default_peak_tflops, hardware, hardware_line,  # noqa: E402
-                           loadavg, pick_device, set_threads, sync)
+                           loadavg, pick_device, set_threads, shape_parser, sync)
 
 
 def encoder_fwd_flops(backbone, k: int) -> float:
@@ -78,14 +77,7 @@ def build(args, device: torch.device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="mini", help="a size of ldae.models.registry (default mini)")
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--patch-size", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=512, help="images per encoder forward")
-    ap.add_argument("--latent-dim", type=int, default=4)
-    ap.add_argument("--adaln", choices=["mlp4", "linear"], default="mlp4")
+    ap = shape_parser(__doc__, batch=512, batch_help="images per encoder forward")
     ap.add_argument("--t", type=int, default=10, help="fixed timestep at transfer (App. A)")
     ap.add_argument("--blocks", type=int, default=0, help="encoder depth k (0 = the encoder split)")
     ap.add_argument("--noisy", action="store_true", help="noisy input at t instead of clean")

@@ -369,15 +369,21 @@ def profile(variants: list[Variant], device: torch.device, rows: int, steps: int
 
 
 # ---------------------------------------------------------------------------------- main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def shape_parser(doc: str, batch: int, batch_help: str = "images per step") -> argparse.ArgumentParser:
+    """The model/shape arguments every bench script shares."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mini", help="a size of ldae.models.registry (default mini)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--patch-size", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=batch, help=batch_help)
     ap.add_argument("--latent-dim", type=int, default=4, help="PCA latent dim d of the l-DAE step")
     ap.add_argument("--adaln", choices=["mlp4", "linear"], default="mlp4")
+    return ap
+
+
+def main() -> None:
+    ap = shape_parser(__doc__, batch=128)
     ap.add_argument("--steps", type=int, default=0, help="timed steps per round (default 1 CPU / 20 CUDA)")
     ap.add_argument("--warmup", type=int, default=-1, help="untimed steps per variant (default 1 CPU / 5 CUDA)")
     ap.add_argument("--repeats", type=int, default=0, help="interleaved rounds (default 9 CPU / 7 CUDA)")
