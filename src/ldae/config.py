@@ -296,11 +296,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
 
 
 def config_from_dict(data: dict[str, Any], check: bool = True) -> Config:
-    cfg = Config()
-    _apply(cfg, data)
-    if check:
-        validate(cfg)
-    return cfg
+    return load_config(None, None, check=check, base=data)
 
 
 def _need(cond: bool, msg: str) -> None:

@@ -51,8 +51,7 @@ class Plan:
     total_steps: int
     warmup_steps: int
     lr: float
-    local_batch: int
-    micro_batch: int
+    micro_batch: int  # per process and accumulation step
 
 
 def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
@@ -67,14 +66,18 @@ def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
     local = o.batch_size // world
     return Plan(steps_per_epoch=spe, total_steps=max(1, round(o.epochs * spe)),
                 warmup_steps=round(o.warmup_epochs * spe), lr=scaled_lr(o.blr, o.batch_size),
-                local_batch=local, micro_batch=local // o.accum_steps)
+                micro_batch=local // o.accum_steps)
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The generator of ``step``, the same on every rank and micro-batch: each draws for the whole
-    global batch and keeps its rows (``Rows``), so splitting the batch changes nothing."""
+STREAM_AUG, STREAM_NOISE = 0, 1  # augmentation (CPU) and t / noise / label drops (device)
+
+
+def step_generator(seed: int, step: int, stream: int, device: torch.device) -> torch.Generator:
+    """The generator of one random stream of ``step``, the same on every rank and micro-batch:
+    each draws for the whole global batch and keeps its rows (``Rows``), so splitting the batch
+    changes nothing. Separate streams keep flips/crops independent of t and the noise."""
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + step)
+    g.manual_seed((seed * 1_000_003 + step) * 2 + stream)
     return g
 
 
@@ -169,8 +172,8 @@ class Trainer:
         xs, ys = xb.split(plan.micro_batch), yb.split(plan.micro_batch)
         for i, (x, y) in enumerate(zip(xs, ys)):
             rows = Rows.of(cfg.optim.batch_size, rt.rank, rt.world, i, plan.micro_batch)
-            g_aug = step_generator(cfg.train.seed, self.step, torch.device("cpu"))
-            g_dev = step_generator(cfg.train.seed, self.step, rt.device)
+            g_aug = step_generator(cfg.train.seed, self.step, STREAM_AUG, torch.device("cpu"))
+            g_dev = step_generator(cfg.train.seed, self.step, STREAM_NOISE, rt.device)
             x = augment(x.to(rt.device, non_blocking=True), g_aug, rows)
             y = y.to(rt.device, non_blocking=True) if cfg.model.class_cond else None
             sync = not rt.distributed or i == accum - 1
