@@ -63,6 +63,23 @@ class TokenizerConfig:
     fit_images: int = 50000  # at most this many training images feed the fit
     patches_per_image: int = 0  # 0 = every patch of each image
     path: str = ""  # load a fitted tokenizer from here instead of fitting one
+    # gradient-trained tokenizers (patch_ae, patch_vae, conv_vae)
+    fit_epochs: float = 20.0  # passes over the fit images
+    fit_batch: int = 256
+    fit_lr: float = 1e-3  # AdamW, warmup then cosine
+    kl_weight: float = 1e-6  # patch_vae / conv_vae: weight of KL[q(z|x) || N(0, I)] (LDM's f8 default)
+    # conv_vae (LDM-style KL autoencoder): a token is a 2x2 patch of latents, so d = 4 c
+    stride: int = 0  # spatial downsampling; 0 = model.patch_size / 2 (the paper: 8 for patch 16)
+    width: int = 64  # base channel width of the conv encoder/decoder
+    adversarial: bool = False  # hinge loss from a patch discriminator (LDM / VQGAN)
+    adv_weight: float = 0.5
+    adv_start: float = 0.5  # fraction of the fit after which the adversarial loss switches on
+    perceptual: bool = False  # LPIPS-style loss on VGG16 features; needs perceptual_weights
+    perceptual_weight: float = 1.0
+    perceptual_weights: str = ""  # local VGG16 state-dict file (torchvision layout); never downloaded
+    pretrained: str = ""  # conv_vae: load a pretrained KL autoencoder (diffusers layout) instead of fitting
+    # pixel: identity on patches of the image resized to pixel_size (token count kept fixed)
+    pixel_size: int = 0  # 0 = data.image_size
 
 
 @dataclass
@@ -348,6 +365,16 @@ def validate(cfg: Config) -> None:
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
     from .diffusion.objective import check_combination
     check_combination(cfg.diffusion)
+    from .tokenizers import TOKENIZERS
+    _need(tk.fit_epochs > 0 and tk.fit_batch > 0 and tk.fit_lr > 0 and tk.kl_weight >= 0,
+          "tokenizer.fit_epochs, tokenizer.fit_batch and tokenizer.fit_lr must be > 0, "
+          "tokenizer.kl_weight >= 0.")
+    dz = cfg.diffusion
+    _need(tk.name == "pca" or dz.input_space == "latent" and dz.output_space == "latent",
+          f"diffusion.input_space/output_space=image needs the PCA tokenizer (inverse PCA maps "
+          f"the noisy latent to pixels and Eq. 4 needs its full basis); tokenizer.name={tk.name} "
+          "works in latent space only: set diffusion.input_space=latent diffusion.output_space=latent.")
+    TOKENIZERS[tk.name].check_config(cfg)
 
 
 def dump_yaml(cfg: Config) -> str:

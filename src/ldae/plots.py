@@ -42,3 +42,40 @@ def training_curves(run_dir: str | Path) -> Path | None:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out
+
+
+def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = None,
+                max_tiles: int = 64) -> Path:
+    """Tokenizer filters (n, C, p, p) as a grid of RGB tiles (paper Fig. 4), each tile scaled
+    to its own [min, max]; tiles past ``keep`` (the latent dim d) are drawn faded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .checkpoint import atomic_path
+
+    f = filters.detach().float().cpu()[:max_tiles]
+    n = f.shape[0]
+    cols = min(16, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.7, rows * 0.7 + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        tile = f[i]
+        lo, hi = float(tile.min()), float(tile.max())
+        tile = (tile - lo) / max(hi - lo, 1e-12)
+        img = tile.permute(1, 2, 0).numpy()
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        ax.imshow(img, interpolation="nearest", alpha=1.0 if keep is None or i < keep else 0.35)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

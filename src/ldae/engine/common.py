@@ -44,6 +44,11 @@ def tokenizer_for(cfg: Config, run_dir: Path | None) -> Tokenizer | None:
         tok = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
     else:
         return None
+    if tok.dim != cfg.tokenizer.dim and tok.patch_size == cfg.model.patch_size:
+        try:  # a PCA fit serves every d (the full basis is kept): the trajectory shares one
+            tok = tok.with_dim(cfg.tokenizer.dim)
+        except ValueError:
+            pass
     if tok.patch_size != cfg.model.patch_size or tok.dim != cfg.tokenizer.dim:
         raise ConfigError(f"the tokenizer has patch_size={tok.patch_size}, dim={tok.dim} but the config "
                           f"asks for model.patch_size={cfg.model.patch_size}, tokenizer.dim="

@@ -113,7 +113,7 @@ def get_tokenizer(cfg: Config, out: Path, dataset, rt: dist.Runtime) -> Tokenize
     tok = tokenizer_for(cfg, out)
     if tok is None:
         if rt.is_main:
-            tok = fit_tokenizer.fit(cfg, dataset, show=True)
+            tok = fit_tokenizer.fit(cfg, dataset, show=True, device=rt.device)
             tok.save(out / TOKENIZER_FILE)
         rt.barrier()
         tok = tokenizer_for(cfg, out)

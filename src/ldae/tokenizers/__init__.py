@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .base import Tokenizer, patchify, unpatchify
+from .base import FitData, Tokenizer, patchify, unpatchify
 from .pca import PCATokenizer
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {"pca": PCATokenizer}
@@ -10,10 +10,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {"pca": PCATokenizer}
 
 def build_tokenizer(cfg) -> Tokenizer:
     """A fresh (unfitted) tokenizer from a ``Config``."""
-    t = cfg.tokenizer
-    if t.name == "pca":
-        return PCATokenizer(cfg.model.patch_size, t.dim, whiten=t.whiten)
-    raise KeyError(t.name)
+    return TOKENIZERS[cfg.tokenizer.name].from_config(cfg)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -31,5 +28,5 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tok
 
 
-__all__ = ["Tokenizer", "PCATokenizer", "TOKENIZERS", "build_tokenizer", "load_tokenizer",
+__all__ = ["FitData", "Tokenizer", "PCATokenizer", "TOKENIZERS", "build_tokenizer", "load_tokenizer",
            "patchify", "unpatchify"]

@@ -32,10 +32,30 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int = 3) -> torch.Tensor:
     return x.reshape(B, channels, g * p, g * p)
 
 
+class FitData:
+    """What a tokenizer's ``fit_data`` sees: ``n`` images, served as shuffled float batches.
+
+    ``batches(batch_size, epoch)`` yields (B, C, H, W) float32 images in [-1, 1] on ``device``,
+    in an order that is a function of (seed, epoch) only, the last batch possibly smaller."""
+
+    def __init__(self, n: int, get, device: torch.device, seed: int = 0):
+        self.n, self._get, self.device, self.seed = n, get, torch.device(device), seed
+
+    def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = True):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
+        for i in range(0, self.n, batch_size):
+            yield self._get(order[i:i + batch_size]).to(self.device, non_blocking=True)
+
+
 class Tokenizer(nn.Module):
-    """Common interface. Subclasses set ``name`` and implement fit/encode/decode."""
+    """Common interface (SPEC §4). Subclasses set ``name`` and implement
+    ``from_config``, ``fit_data``, ``encode`` and ``decode``; ``meta()`` holds the constructor
+    keywords, so ``load_tokenizer`` rebuilds any tokenizer from its file without running code."""
 
     name = "base"
+    #: whether ``fit_data`` trains by gradient descent (True) or is closed-form (PCA, pixel)
+    trained = False
 
     def __init__(self, patch_size: int, dim: int, channels: int = 3):
         super().__init__()
@@ -51,6 +71,33 @@ class Tokenizer(nn.Module):
 
     def to_image(self, tokens: torch.Tensor) -> torch.Tensor:
         return unpatchify(tokens, self.patch_size, self.channels)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Cross-field checks of a full ``Config`` for this tokenizer; raise ``ConfigError`` with a
+        message naming the keys and the fix. Called by ``config.validate`` before any work."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "Tokenizer":
+        """A fresh (unfitted) tokenizer from a full ``Config``."""
+        raise NotImplementedError
+
+    def fit_data(self, data: FitData, tcfg, generator: torch.Generator | None = None,
+                 show: bool = True) -> dict:
+        """Fit on ``data`` (a ``FitData``) with the ``TokenizerConfig`` ``tcfg``; returns a dict of
+        plain-number statistics (losses, explained variance, scale factor) for tokenizer.json."""
+        raise NotImplementedError
+
+    def filters(self) -> torch.Tensor | None:
+        """Visualisable encoder filters (n, C, p, p) in decreasing importance (Fig. 4), or None."""
+        return None
+
+    def with_dim(self, dim: int) -> "Tokenizer":
+        """The same fitted tokenizer at another latent dim, when that needs no refit (PCA keeps
+        its full basis); others raise."""
+        if dim == self.dim:
+            return self
+        raise ValueError(f"a fitted {self.name} tokenizer has dim={self.dim}; refit for dim={dim}.")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, L, d)
         raise NotImplementedError

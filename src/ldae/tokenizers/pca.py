@@ -56,8 +56,40 @@ class PCATokenizer(Tokenizer):
         self.register_buffer("basis", torch.eye(D))  # (D, D), rows = components
         self.register_buffer("eigvals", torch.ones(D))
 
+    @classmethod
+    def from_config(cls, cfg) -> "PCATokenizer":
+        return cls(cfg.model.patch_size, cfg.tokenizer.dim, whiten=cfg.tokenizer.whiten)
+
     def meta(self) -> dict:
         return {**super().meta(), "whiten": self.whiten}
+
+    def fit_data(self, data, tcfg, generator=None, show=True) -> dict:
+        from ..logging import progress
+
+        bar = progress(data.n, "fit pca tokenizer", enabled=show)
+
+        def counted():
+            for x in data.batches(1024, 0, shuffle=False):
+                bar.update(x.shape[0])
+                yield x
+
+        self.fit(counted(), patches_per_image=tcfg.patches_per_image, generator=generator)
+        bar.close()
+        ev = self.explained_variance()
+        return {"explained_variance_at_dim": float(ev[self.dim - 1]),
+                "explained_variance": [round(float(v), 6) for v in ev]}
+
+    def filters(self) -> torch.Tensor:
+        p, C = self.patch_size, self.channels
+        return self.basis.reshape(-1, C, p, p)
+
+    def with_dim(self, dim: int) -> "PCATokenizer":
+        """The full basis is kept, so any d in [1, D] is the same fit truncated differently."""
+        if not 1 <= dim <= self.full_dim:
+            raise ValueError(f"dim={dim} must be in [1, {self.full_dim}]")
+        tok = PCATokenizer(self.patch_size, dim, whiten=self.whiten, channels=self.channels)
+        tok.load_state_dict(self.state_dict())
+        return tok.to(self.mean.device)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor], patches_per_image: int = 0,
