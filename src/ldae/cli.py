@@ -3,6 +3,9 @@
     ldae fit-tokenizer -c PRESET [key=value ...] --out DIR
     ldae pretrain      -c PRESET [key=value ...] --out RUN_DIR [--resume auto|CKPT] [--force]
     ldae linprobe      --out RUN_DIR [--fast] [--encoder ldae|random|pixels] [key=value ...]
+    ldae linprobe      --out RUN_DIR --sweep [linprobe.sweep_t=[...] ...]   (App. A sweeps)
+    ldae trajectory    --scale debug|cifar10-cpu|cifar10-gpu|imagenet [--rows ROWS] [--out DIR]
+                       [--full] [--list] [key=value ...]   (the paper's tables, row by row)
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
@@ -45,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=["ldae", "random", "pixels"], default=None,
                    help="probe the trained encoder, the same architecture at random init, or raw pixels")
     p.add_argument("--no-ema", action="store_true", help="probe the raw weights even if EMA weights exist")
+    p.add_argument("--sweep", action="store_true",
+                   help="App. A sweeps from one pass over the data, always with the fast protocol: "
+                        "t in 0,10,20,40,80 x clean/noisy input at the encoder depth, and encoder "
+                        "blocks = that depth +-3 at linprobe.t, clean input; linprobe.sweep_t / "
+                        "sweep_noisy / sweep_blocks=[...] choose other grids. Writes "
+                        "eval/linprobe-sweep.{json,md,png}")
+    p = sub.add_parser("trajectory", help="run rows of the paper's deconstruction at a scale and "
+                       "write results.md/csv + plots (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5)")
+    p.add_argument("--scale", required=True, help="scale preset: debug, cifar10-cpu, cifar10-gpu, imagenet")
+    p.add_argument("--rows", default=None,
+                   help="comma list of row names, tables (tab1,tab2,fig5,tab3,sec5) or globs "
+                        "(e.g. 'tab2-pca-*'); default: all")
+    p.add_argument("--out", default=None, help="output dir (default runs/trajectory-SCALE)")
+    p.add_argument("--full", action="store_true", help="full linear-probe protocol (default: --fast)")
+    p.add_argument("--list", action="store_true", help="print the rows' resolved settings and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides applied to every row (before the row's own d, size and epochs)")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -59,6 +79,8 @@ def _load(args) -> "Config":  # noqa: F821
 
 
 def cmd_linprobe(args) -> dict:
+    """One probe (``eval/linprobe*.json``), or the App. A sweeps when ``--sweep`` is given or any
+    ``linprobe.sweep_*`` is set (without ``--sweep`` only the set axes are swept)."""
     from .config import load_config
     from .dist import setup
     from .engine import linprobe
@@ -78,6 +100,12 @@ def cmd_linprobe(args) -> dict:
     rt = setup(cfg.train.device, cfg.train.threads)
     den = encoder_for(cfg, out, rt.device, use_ema=not args.no_ema)
     out.mkdir(parents=True, exist_ok=True)
+    lp = cfg.linprobe
+    if args.sweep or lp.sweep_t or lp.sweep_noisy or lp.sweep_blocks:
+        if rt.is_main:
+            print("ldae linprobe: sweep with the fast protocol (features cached once, no "
+                  "augmentation; lr grid of heads)", file=sys.stderr)
+        return linprobe.run_sweep(cfg, out, den, rt, defaults=args.sweep)
     return linprobe.run(cfg, out, den, rt)
 
 
@@ -108,6 +136,14 @@ def cmd_info(args) -> None:
     print("spaces:        input_space / output_space = latent | image")
     print(f"data sources:  {', '.join(SOURCES)}")
     print(f"presets:       {', '.join(preset_names())}")
+    print(f"scales:        {', '.join(preset_names('scale'))}   (ldae trajectory --scale)")
+    from .engine.trajectory import TABLES, row_names
+
+    names = row_names()
+    print("trajectory rows (ldae trajectory --rows; `--list` shows their settings):")
+    for table in TABLES:
+        rows = [n for n in names if n.startswith(table)]
+        print(f"  {table}: {', '.join(rows)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +165,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(summary, indent=2))
         elif args.cmd == "linprobe":
             res = cmd_linprobe(args)
-            print(json.dumps({k: v for k, v in res.items() if k != "grid"}, indent=2))
+            if "cells" in res:  # the sweep: its tables, then the record without the cells
+                print((Path(args.out) / "eval" / res["files"]["md"]).read_text())
+            print(json.dumps({k: v for k, v in res.items()
+                              if k not in ("grid", "cells", "paper_reference")}, indent=2))
+        elif args.cmd == "trajectory":
+            from .engine import trajectory
+
+            if args.list:
+                print(trajectory.describe(args.scale, args.rows, args.overrides))
+                return 0
+            out = Path(args.out or f"runs/trajectory-{args.scale}")
+            trajectory.run(args.scale, out, args.rows, args.overrides, full=args.full)
+            print(f"results: {out / 'results.md'}")
         elif args.cmd == "demo":
             from .engine import demo
 

@@ -11,7 +11,9 @@ After dinov2's ``utils/config.py`` (defaults -> file -> CLI) and MAE's derived l
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import difflib
 import math
 import re
@@ -71,6 +73,7 @@ class TokenizerConfig:
     # conv_vae (LDM-style KL autoencoder): a token is a 2x2 patch of latents, so d = 4 c
     stride: int = 0  # spatial downsampling; 0 = model.patch_size / 2 (the paper: 8 for patch 16)
     width: int = 64  # base channel width of the conv encoder/decoder
+    res_blocks: int = 2  # residual blocks per resolution (LDM: 2)
     adversarial: bool = False  # hinge loss from a patch discriminator (LDM / VQGAN)
     adv_weight: float = 0.5
     adv_start: float = 0.5  # fraction of the fit after which the adversarial loss switches on
@@ -133,6 +136,12 @@ class LinprobeConfig:
     lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # blr values of --fast
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     encoder: str = "ldae"  # ldae | random | pixels: what produces the features
+    # App. A sweeps (``ldae linprobe --sweep``; always the fast protocol). Empty = not swept: the
+    # axis takes linprobe.t / noisy / blocks (``--sweep`` fills empty axes with App. A's grids).
+    sweep_t: tuple[int, ...] = ()  # fixed t of the "t x input" table (App. A: 0 10 20 40 80)
+    sweep_noisy: tuple[bool, ...] = ()  # clean / noisy input rows of that table
+    sweep_blocks: tuple[int, ...] = ()  # encoder depths k of the "enc. blocks" table
+    sweep_cache_gb: float = 32.0  # feature-cache budget (host memory); over it, cache in float16
 
 
 @dataclass
@@ -180,41 +189,63 @@ def _choices() -> dict[str, list[str]]:
     }
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*/*.yaml"))
+PRESET_KINDS = ("pretrain", "scale", "trajectory")
 
 
-def _find_preset(name: str) -> Path:
+def preset_names(kind: str = "pretrain") -> list[str]:
+    """Presets of one kind: ``pretrain`` (``-c NAME``), ``scale`` (``ldae trajectory --scale``) or
+    ``trajectory`` (the paper's rows, ``ldae trajectory --rows``)."""
+    return sorted(p.stem for p in (PRESET_DIR / kind).glob("*.yaml"))
+
+
+def _find_preset(name: str, kind: str = "pretrain") -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; give a path to a YAML file or one "
-                              f"of the presets: {', '.join(preset_names())}.")
+                              f"of the presets: {', '.join(preset_names(kind))}.")
         return p
-    hits = sorted(PRESET_DIR.glob(f"*/{name}.yaml"))
-    if not hits:
-        close = difflib.get_close_matches(name, preset_names(), n=3)
+    if "/" in name and name.split("/", 1)[0] in PRESET_KINDS:  # inherit: pretrain/cifar10-gpu
+        kind, name = name.split("/", 1)
+    hit = PRESET_DIR / kind / f"{name}.yaml"
+    if not hit.is_file():
+        names = preset_names(kind)
+        close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown preset '{name}'.{hint} Presets: {', '.join(preset_names())} "
-                          "(or give a path to a .yaml file).")
-    return hits[0]
+        what = {"pretrain": "preset", "scale": "scale", "trajectory": "trajectory row"}[kind]
+        raise ConfigError(f"unknown {what} '{name}'.{hint} Choices: {', '.join(names)}"
+                          f"{' (or give a path to a .yaml file)' if kind == 'pretrain' else ''}.")
+    return hit
 
 
-def _read_yaml(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = _find_preset(name)
+def _read_yaml(name: str, seen: tuple[str, ...] = (), kind: str = "pretrain") -> dict[str, Any]:
+    path = _find_preset(name, kind)
     if str(path.resolve()) in seen:
         raise ConfigError(f"preset {path} inherits from itself (chain: {' -> '.join(seen)}).")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse YAML in {path}: {e}") from None
+    raw = copy.deepcopy(_parse_yaml(str(path.resolve()), path.stat().st_mtime_ns))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, ...).")
     parent = raw.pop("inherit", None)
     if parent is None:
         return raw
-    base = _read_yaml(str(parent), seen + (str(path.resolve()),))
+    if path.parent.resolve().parent == PRESET_DIR.resolve():  # a bare parent name: same kind
+        kind = path.parent.name
+    base = _read_yaml(str(parent), seen + (str(path.resolve()),), kind)
     return _merge(base, raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_yaml(path: str, mtime_ns: int) -> Any:
+    """One parse per file version (the trajectory reads each row's chain many times)."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse YAML in {path}: {e}") from None
+
+
+def read_preset(name: str, kind: str = "pretrain") -> dict[str, Any]:
+    """The merged YAML of a preset (its ``inherit`` chain resolved), not yet applied."""
+    return _read_yaml(name, kind=kind)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -298,14 +329,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None,
-                check: bool = True, base: dict[str, Any] | None = None) -> Config:
+                check: bool = True, base: dict[str, Any] | None = None,
+                layers: list[dict[str, Any]] | None = None) -> Config:
     """Build a config: defaults, then ``base`` (e.g. a run's saved config) or ``preset`` (a name
-    or a YAML path), then ``overrides``."""
+    or a YAML path), then each of ``layers`` (plain dicts, in order), then ``overrides``."""
     cfg = Config()
     if base is not None:
         _apply(cfg, base)
     if preset:
         _apply(cfg, _read_yaml(preset))
+    for layer in layers or []:
+        _apply(cfg, layer)
     _apply(cfg, parse_overrides(list(overrides or [])))
     if check:
         validate(cfg)
@@ -361,6 +395,16 @@ def validate(cfg: Config) -> None:
     _need(lp.epochs > 0 and 0 <= lp.warmup_epochs <= lp.epochs,
           "linprobe.warmup_epochs must be in [0, linprobe.epochs].")
     _need(len(lp.lr_grid) > 0 and all(v > 0 for v in lp.lr_grid), "linprobe.lr_grid must be positive.")
+    T = cfg.diffusion.num_steps
+    _need(all(0 <= v < T for v in lp.sweep_t),
+          f"linprobe.sweep_t={list(lp.sweep_t)} must hold timesteps in [0, diffusion.num_steps={T}).")
+    _need(all(1 <= v <= depth for v in lp.sweep_blocks),
+          f"linprobe.sweep_blocks={list(lp.sweep_blocks)} must hold encoder depths in [1, {depth}] "
+          f"(model {m.name} has {depth} blocks).")
+    for key in ("sweep_t", "sweep_noisy", "sweep_blocks"):
+        vals = getattr(lp, key)
+        _need(len(set(vals)) == len(vals), f"linprobe.{key}={list(vals)} repeats a value.")
+    _need(lp.sweep_cache_gb > 0, f"linprobe.sweep_cache_gb={lp.sweep_cache_gb} must be > 0.")
     _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
     from .diffusion.objective import check_combination
@@ -396,5 +440,5 @@ def diff_configs(a: Config, b: Config) -> list[str]:
     return out
 
 
-__all__ = ["Config", "load_config", "config_from_dict", "validate", "dump_yaml", "preset_names",
+__all__ = ["Config", "load_config", "read_preset", "PRESET_KINDS", "config_from_dict", "validate", "dump_yaml", "preset_names",
            "parse_overrides", "diff_configs"]

@@ -136,7 +136,7 @@ class Denoiser(nn.Module):
         if y is not None and self.backbone.y_embed is not None and self.training:
             y = self.drop_labels(y, self.backbone.y_embed.dropout, generator, rows)
         with autocast or contextlib.nullcontext():
-            out = (net or self.backbone)(inp, self.schedule.t_cond(t), y)
+            out = (net if net is not None else self.backbone)(inp, self.schedule.t_cond(t), y)
         return self.loss_from_output(out.float(), b, t)
 
     def loss_from_output(self, out: torch.Tensor, b: Batch, t: torch.Tensor

@@ -22,6 +22,14 @@ MODEL_SIZES: dict[str, ModelSize] = {
     "mini": ModelSize(128, 8, 4, note="CIFAR-10 on CPU (4+4 x 128)"),
     "tiny": ModelSize(192, 12, 3, note="CIFAR-10 on one GPU (6+6 x 192)"),
     "small": ModelSize(384, 12, 6, note="6+6 x 384"),
+    # size ladders of the trajectory's scales (Sec. 5 "model size"): *-B keeps the depth at
+    # 3/4 of the width (ViT-B 768 vs ViT-1/2L 1024), *-L doubles the depth (ViT-L vs ViT-1/2L)
+    "micro-B": ModelSize(48, 4, 4, note="debug scale's ViT-B (2+2 x 48)"),
+    "micro-L": ModelSize(64, 8, 4, note="debug scale's ViT-L (4+4 x 64)"),
+    "mini-B": ModelSize(96, 8, 4, note="cifar10-cpu scale's ViT-B (4+4 x 96)"),
+    "mini-L": ModelSize(128, 16, 4, note="cifar10-cpu scale's ViT-L (8+8 x 128)"),
+    "small-B": ModelSize(288, 12, 6, note="cifar10-gpu scale's ViT-B (6+6 x 288)"),
+    "small-L": ModelSize(384, 24, 6, note="cifar10-gpu scale's ViT-L (12+12 x 384)"),
     "B": ModelSize(768, 24, 12, note="paper ViT-B encoder (12+12 x 768)"),
     "halfL": ModelSize(1024, 24, 16, note="paper ViT-1/2L = DiT-L (12+12 x 1024)"),
     "L": ModelSize(1024, 48, 16, note="paper ViT-L encoder (24+24 x 1024)"),

@@ -3,9 +3,14 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .base import FitData, Tokenizer, patchify, unpatchify
+from .conv_vae import ConvVAETokenizer
 from .pca import PCATokenizer
+from .patch import PatchAETokenizer, PatchVAETokenizer
+from .pixel import PixelTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"pca": PCATokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "pca": PCATokenizer, "patch_ae": PatchAETokenizer, "patch_vae": PatchVAETokenizer,
+    "pixel": PixelTokenizer, "conv_vae": ConvVAETokenizer}
 
 
 def build_tokenizer(cfg) -> Tokenizer:
@@ -28,5 +33,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tok
 
 
-__all__ = ["FitData", "Tokenizer", "PCATokenizer", "TOKENIZERS", "build_tokenizer", "load_tokenizer",
+__all__ = ["FitData", "Tokenizer", "ConvVAETokenizer", "PCATokenizer", "TOKENIZERS",
+           "build_tokenizer", "load_tokenizer",
            "patchify", "unpatchify"]

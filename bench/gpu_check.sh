@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU checks of one short GPU session: at most 4 minutes on one H100/H200, all steps included.
+#
+#   (a) env         nvidia-smi; python, torch, CUDA, the device; the project's imports   (<= 20 s)
+#   (b) tests       python -m pytest tests/test_gpu.py -rs                                (<= 80 s)
+#   (c) throughput  python bench/throughput.py --sweep --json $OUT_DIR/throughput.json
+#                   with what is left of 225 s; each configuration in its own process
+#                   (<= 90 s each), presets in order of importance, the rest skipped when
+#                   the time is spent
+#
+# A step that fails or times out prints "FAILED" and the next one still runs; the exit status is
+# the number of failed steps. Logs (env.log, tests.log, throughput.log) and throughput.json go to
+# ${OUT:-/tmp/ldae-gpu}. Needs no install: src/ goes on PYTHONPATH. Python: $PYTHON, else python3.
+#
+#   bash bench/gpu_check.sh
+#   OUT=$OUT PYTHON=python3 bash bench/gpu_check.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR="${OUT:-/tmp/ldae-gpu}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+TOTAL_S=225   # the sweep gets what the first two steps leave of this
+START=$SECONDS
+FAILED=0
+SUMMARY=()
+
+# run_step NAME LIMIT_S CMD...: run under `timeout`, tee to $OUT_DIR/NAME.log, never abort the script
+run_step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== [$name] $* (limit ${limit} s, at $((SECONDS - START)) s)"
+    local t0=$SECONDS rc=0
+    { timeout -k 5 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"; } || rc=$?
+    local took=$((SECONDS - t0))
+    if [ "$rc" -eq 0 ]; then
+        SUMMARY+=("$name: ok (${took} s)")
+    else
+        FAILED=$((FAILED + 1))
+        local why="rc $rc"
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then why="timed out after ${limit} s"; fi
+        SUMMARY+=("$name: FAILED, $why (${took} s); see $OUT_DIR/$name.log")
+        echo "=== [$name] FAILED ($why)"
+    fi
+}
+
+env_report() {  # prints everything, then fails if nvidia-smi, CUDA in torch or an import is missing
+    local rc=0
+    nvidia-smi || { echo "FAILED: nvidia-smi"; rc=1; }
+    "$PY" - <<'EOF' || rc=1
+import importlib, os, platform, sys
+import torch
+bad = False
+print(f"python {platform.python_version()} ({sys.executable}); torch {torch.__version__}; "
+      f"CUDA {torch.version.cuda}; cuDNN {torch.backends.cudnn.version()}; "
+      f"{os.cpu_count()} CPUs")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB, "
+          f"capability {p.major}.{p.minor}; bf16 supported: {torch.cuda.is_bf16_supported()}")
+else:
+    print("FAILED: torch sees no CUDA device")
+    bad = True
+for mod in ("ldae", "timm", "torchvision", "safetensors", "yaml", "tqdm", "matplotlib", "sklearn", "pytest"):
+    try:
+        m = importlib.import_module(mod)
+        print(f"  {mod} {getattr(m, '__version__', '')}")
+    except Exception as e:  # report every missing module, not only the first
+        print(f"FAILED: import {mod}: {type(e).__name__}: {e}")
+        bad = True
+sys.exit(1 if bad else 0)
+EOF
+    return "$rc"
+}
+
+export PY
+export -f env_report
+run_step env 20 bash -c env_report
+run_step tests 80 "$PY" -m pytest tests/test_gpu.py -rs -p no:cacheprovider
+LEFT=$((TOTAL_S - (SECONDS - START)))
+if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
+run_step throughput $((LEFT + 10)) "$PY" bench/throughput.py --sweep --sweep-budget "$LEFT" \
+    --config-timeout 90 --json "$OUT_DIR/throughput.json"
+
+echo
+echo "=== gpu_check summary ($((SECONDS - START)) s in all; logs in $OUT_DIR)"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+exit "$FAILED"
