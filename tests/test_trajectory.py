@@ -176,3 +176,11 @@ def test_cli_lists_rows(capsys):
 
 def test_config_is_a_plain_config(built):
     assert isinstance(built["debug"]["tab3-ldae"].cfg, Config)
+
+
+def test_scale_fit_settings_reach_only_their_tokenizer(built):
+    r = built["debug"]
+    assert r["tab2-patch-ae-d8"].cfg.tokenizer.patch_batch == 256
+    assert r["tab2-patch-vae-d8"].cfg.tokenizer.fit_lr == pytest.approx(1e-2)
+    assert r["tab2-pca-d8"].cfg.tokenizer.fit_lr == pytest.approx(2e-3)  # the scale's base value
+    assert r["tab1-linear-gamma2"].cfg.tokenizer.fit_epochs == 3

@@ -69,6 +69,7 @@ class TokenizerConfig:
     fit_epochs: float = 20.0  # passes over the fit images
     fit_batch: int = 256
     fit_lr: float = 1e-3  # AdamW, warmup then cosine
+    patch_batch: int = 1024  # patch_ae / patch_vae: patch rows per optimiser step (0 = a whole image batch)
     kl_weight: float = 1e-6  # patch_vae / conv_vae: weight of KL[q(z|x) || N(0, I)] (LDM's f8 default)
     # conv_vae (LDM-style KL autoencoder): a token is a 2x2 patch of latents, so d = 4 c
     stride: int = 0  # spatial downsampling; 0 = model.patch_size / 2 (the paper: 8 for patch 16)

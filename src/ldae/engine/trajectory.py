@@ -6,12 +6,13 @@ order, title, the paper's numbers) and what it means in the paper's units: the l
 (8..128 per 16x16x3 patch), the pixel tokenizer's image size (256..32 px), the number of
 epochs (400 = the default) and the model ``size`` (B, halfL, L). A **scale** in
 ``configs/scale/`` maps those units onto a dataset (its ``scale:`` section: the d grid, the pixel
-sizes, the model ladder, and which paper epoch count its ``optim.epochs`` stands for), so one row
-runs at any scale. A row's config is built as
+sizes, the model ladder, which paper epoch count its ``optim.epochs`` stands for, and per-tokenizer
+fit settings under ``fit:``), so one row runs at any scale. A row's config is built as
 
     defaults <- scale preset <- row chain <- key=value overrides <- the row's scale-mapped values
 
-(the last: tokenizer.dim, tokenizer.pixel_size, optim.epochs, model.name, which the row owns).
+(the last: tokenizer.dim, tokenizer.pixel_size, optim.epochs, model.name and the scale's fit
+settings for the row's tokenizer, which the row owns).
 
 The runner fits each distinct tokenizer once into ``OUT/tokenizers/`` and shares it between the
 rows that use it (one PCA fit serves every d: the full basis is kept), pretrains each row in
@@ -31,6 +32,7 @@ import fnmatch
 import functools
 import io
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -125,12 +127,19 @@ def _derived(meta: dict, smeta: dict, cfg0: Config, name: str) -> list[str]:
     if meta.get("epochs") and meta["epochs"] != smeta["epochs"]:
         f = meta["epochs"] / smeta["epochs"]
         out.append(f"optim.epochs={cfg0.optim.epochs * f}")
+    tok = _tokenizer_name(cfg0, meta)
+    for k, v in (smeta.get("fit") or {}).get(tok, {}).items():  # the scale's fit settings per tokenizer
+        out.append(f"tokenizer.{k}={v}")
     if meta.get("size"):
         size = smeta["sizes"].get(meta["size"])
         if size is None:
             raise ConfigError(f"row {name}: the scale maps no model for size {meta['size']}.")
         out.append(f"model.name={size}")
     return out
+
+
+def _tokenizer_name(cfg0: Config, meta: dict) -> str:
+    return cfg0.tokenizer.name
 
 
 def build_row(name: str, scale: str, overrides: list[str] | None = None) -> Row:
@@ -436,34 +445,40 @@ def plot_all(out: Path, recs: list[dict]) -> None:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
 
-    chain = [(lab, by.get(n)) for n, lab in zip(FIG6_CHAIN, FIG6_LABELS) if n in by]
-    if chain and any(r and r["top1"] is not None for _, r in chain):
-        fig, ax = plt.subplots(figsize=(10, 4.2), constrained_layout=True)
-        x = list(range(len(chain)))
-        ax.plot(x, [_nan(r["paper_acc"]) for _, r in chain], "o--", color="tab:gray", label="paper (ImageNet)")
+    def paper(name):
+        return _nan((_own_row(name).get("paper") or {}).get("acc"))
+
+    def ours(name):
+        return _nan((by.get(name) or {}).get("top1"))
+
+    if any(not math.isnan(ours(n)) for n in FIG6_CHAIN):
+        fig, ax = plt.subplots(figsize=(10, 4.4), constrained_layout=True)
+        x = list(range(len(FIG6_CHAIN)))
+        ax.plot(x, [paper(n) for n in FIG6_CHAIN], "o--", color="tab:gray", label="paper (ImageNet, left axis)")
         ax.set_ylabel("paper: ImageNet top-1 (%)")
         ax2 = ax.twinx()
-        ax2.plot(x, [_nan(r["top1"]) for _, r in chain], "o-", color="tab:blue", label="ours")
+        ax2.plot(x, [ours(n) for n in FIG6_CHAIN], "o-", color="tab:blue", label="ours (right axis)")
         ax2.set_ylabel("ours: top-1 (%) at this scale", color="tab:blue")
-        ax.set_xticks(x, [lab for lab, _ in chain], rotation=30, ha="right")
+        ax.set_xticks(x, FIG6_LABELS, rotation=30, ha="right")
         ax.grid(alpha=0.3)
         ax.set_title("Fig. 6: the deconstructive trajectory (each point modifies the one before)")
-        fig.legend(loc="lower right")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
         save(fig, "trajectory")
 
     tab2 = [r for r in recs if r["table"] == "tab2" or r["row"] == "tab1-linear-gamma2"]
     if any(r["top1"] is not None for r in tab2):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
         for tok, mk in (("conv_vae", "s"), ("patch_vae", "^"), ("patch_ae", "v"), ("pca", "o")):
-            rs = sorted([r for r in tab2 if r["tokenizer"] == tok and r["row"].startswith("tab2")],
-                        key=lambda r: int(r["d"] or 0))
-            if not rs:
-                continue
-            pd = [PAPER_D[i] for i in range(len(PAPER_D))]
-            paper = {int(r["row"].rsplit("-d", 1)[1]): r["paper_acc"] for r in rs}
-            ours = {int(r["row"].rsplit("-d", 1)[1]): r["top1"] for r in rs}
-            axes[0].plot(pd, [_nan(paper.get(d)) for d in pd], marker=mk, label=tok)
-            axes[1].plot(pd, [_nan(ours.get(d)) for d in pd], marker=mk, label=tok)
+            stem = f"tab2-{tok.replace('_', '-')}-d"
+            names = {d: f"{stem}{d}" for d in PAPER_D}
+            axes[0].plot(PAPER_D, [paper(names[d]) if names[d] in _all_rows() else math.nan
+                                   for d in PAPER_D], marker=mk, label=tok)
+            ours_d = {d: ours(n) for d, n in names.items()}
+            if tok == "conv_vae" and math.isnan(ours_d[16]):
+                ours_d[16] = ours("tab1-linear-gamma2")  # the same system
+            axes[1].plot(PAPER_D, [ours_d[d] for d in PAPER_D], marker=mk, label=tok)
         for ax, title in zip(axes, ("paper (ImageNet, D = 768)", "ours (d mapped by the scale)")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(PAPER_D, [str(d) for d in PAPER_D])
@@ -475,19 +490,25 @@ def plot_all(out: Path, recs: list[dict]) -> None:
         fig.suptitle("Tab. 2: accuracy vs latent dimension")
         save(fig, "tab2")
 
-    f5 = sorted([r for r in recs if r["table"] == "fig5"], key=lambda r: -int(r["d"] or 0))
-    if any(r["top1"] is not None for r in f5):
-        fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
-        labels = [f"{r['row'].rsplit('-', 1)[1]} px\n(ours d={r['d']})" for r in f5]
+    f5 = [f"fig5-pixel-{px}" for px in PAPER_PIXEL]
+    if any(not math.isnan(ours(n)) for n in f5):
+        fig, ax = plt.subplots(figsize=(6, 3.9), constrained_layout=True)
+        dims = {n: (by.get(n) or {}).get("d") for n in f5}
+        labels = [f"{px} px, paper d={3 * (px // 16) ** 2}\n(ours d={dims[n] or '?'})"
+                  for px, n in zip(PAPER_PIXEL, f5)]
         x = list(range(len(f5)))
-        ax.plot(x, [_nan(r["top1"]) for r in f5], "o-", label="ours")
-        ax.plot(x, [_nan(r["paper_acc"]) for r in f5], "s", color="tab:gray", label="paper (given in text)")
-        ax.set_xticks(x, labels)
+        ax.plot(x, [ours(n) for n in f5], "o-", label="ours")
+        ax.plot(x, [paper(n) for n in f5], "s", color="tab:gray", label="paper (only 256 px given in text)")
+        ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("linear probe top-1 (%)")
-        ax.set_title("Fig. 5: pixel tokenizer (paper image size)")
+        ax.set_title("Fig. 5: pixel tokenizer, token count fixed")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, "fig5")
+
+
+def _all_rows() -> set[str]:
+    return set(preset_names("trajectory"))
 
 
 def _nan(v) -> float:

@@ -112,12 +112,18 @@ class PatchAETokenizer(Tokenizer):
 
         dev = data.device
         n, bs = data.n, int(tcfg.fit_batch)
-        steps_per_epoch = math.ceil(n / bs)
+        # a step is `patch_batch` patch rows: each batch of `fit_batch` images is shuffled and cut
+        # into chunks, so small image sets still give a linear model enough steps
+        L = (data.batches(1, 0, shuffle=False).__next__().shape[-1] // self.patch_size) ** 2
+        pb = int(getattr(tcfg, "patch_batch", 0)) or bs * L
+        chunks = lambda rows: max(1, math.ceil(rows / pb))  # noqa: E731
+        steps_per_epoch = sum(chunks(min(bs, n - i) * L) for i in range(0, n, bs))
         total = max(1, round(float(tcfg.fit_epochs) * steps_per_epoch))
         warmup = max(1, round(WARMUP_FRACTION * total))
-        full, rest = divmod(total, steps_per_epoch)
-        images = full * n + min(rest * bs, n)  # images the training steps see
+        images = round(float(tcfg.fit_epochs) * n)  # images the training steps see (about)
         bar = progress(images + 2 * n, f"fit {self.name} tokenizer", enabled=show)
+        perm_gen = torch.Generator().manual_seed(
+            int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if generator is not None else 0)
 
         # 1. the patch mean (fp64 sum over every patch of the fit images)
         with torch.no_grad():
@@ -146,19 +152,24 @@ class PatchAETokenizer(Tokenizer):
             for x in data.batches(bs, epoch):
                 if step >= total:
                     break
-                xc = self.to_tokens(x.float()).reshape(-1, self.full_dim) - self.mean
-                for group in opt.param_groups:
-                    group["lr"] = tcfg.fit_lr * warmup_cosine(step, total, warmup)
-                loss, mse, kl = self._loss(params, xc, noise_gen, kl_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                recon_sum += mse.detach() * xc.shape[0]
-                if kl is not None:
-                    has_kl = True
-                    kl_sum += kl.detach() * xc.shape[0]
-                rows += xc.shape[0]
+                allrows = self.to_tokens(x.float()).reshape(-1, self.full_dim) - self.mean
+                order = torch.randperm(allrows.shape[0], generator=perm_gen).to(dev)
+                for idx in order.split(pb):
+                    if step >= total:
+                        break
+                    xc = allrows[idx]
+                    for group in opt.param_groups:
+                        group["lr"] = tcfg.fit_lr * warmup_cosine(step, total, warmup)
+                    loss, mse, kl = self._loss(params, xc, noise_gen, kl_weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    recon_sum += mse.detach() * xc.shape[0]
+                    if kl is not None:
+                        has_kl = True
+                        kl_sum += kl.detach() * xc.shape[0]
+                    rows += xc.shape[0]
                 bar.update(x.shape[0])
             if rows:
                 last = {"recon_mse": float(recon_sum) / rows}
