@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of one short GPU session: at most 4 minutes on one H100/H200, all steps included.
+# The GPU checks of one short GPU session: about 9 minutes on one H100/H200, all steps included.
 #
 #   (a) env         nvidia-smi; python, torch, CUDA, the device; the project's imports   (<= 20 s)
 #   (b) tests       python -m pytest tests/test_gpu.py -rs                                (<= 80 s)
@@ -7,6 +7,8 @@
 #                   with what is left of 225 s; each configuration in its own process
 #                   (<= 90 s each), presets in order of importance, the rest skipped when
 #                   the time is spent
+#   (d) trajectory  issue 3's rows at scale cifar10-gpu on the CIFAR-10 subset carried in
+#                   .gpu/ (<= $TRAJ_S s, default 300); run the device call with carry [".gpu"]
 #
 # A step that fails or times out prints "FAILED" and the next one still runs; the exit status is
 # the number of failed steps. Logs (env.log, tests.log, throughput.log) and throughput.json go to
@@ -83,6 +85,23 @@ LEFT=$((TOTAL_S - (SECONDS - START)))
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
 run_step throughput $((LEFT + 10)) "$PY" bench/throughput.py --sweep --sweep-budget "$LEFT" \
     --config-timeout 90 --json "$OUT_DIR/throughput.json"
+
+# (d) a short real CIFAR-10 run: the trajectory rows of issue 3 at scale cifar10-gpu, on the
+#     class-balanced subset carried in .gpu/ (bench/cifar_subset.py: 20,000 train + the 5,000 val
+#     images; ../shared does not travel to the GPU machine). Skipped when the subset is absent.
+TRAJ_S="${TRAJ_S:-300}"
+SUB=.gpu/cifar10-sub.npz
+if [ -f "$SUB" ]; then
+    run_step unpack 60 "$PY" bench/cifar_subset.py unpack "$SUB" /tmp/cifar10-sub
+    run_step trajectory "$TRAJ_S" "$PY" -m ldae.cli trajectory --scale cifar10-gpu \
+        --rows "${TRAJ_ROWS:-tab3-ldae,fig5-pixel-256,tab2-pca-d16,tab2-pca-d32,tab2-pca-d64,tab3-single-level}" \
+        --out /tmp/traj-gpu data.path=/tmp/cifar10-sub/cifar10-sub.npz
+    for f in results.md results.csv figures/trajectory.png; do  # $OUT brings back 8 files at most
+        [ -f "/tmp/traj-gpu/$f" ] && cp "/tmp/traj-gpu/$f" "$OUT_DIR/traj-$(basename "$f")"
+    done
+else
+    echo "=== [trajectory] skipped: no $SUB (python bench/cifar_subset.py pack ../shared/data/cifar10 $SUB)"
+fi
 
 echo
 echo "=== gpu_check summary ($((SECONDS - START)) s in all; logs in $OUT_DIR)"

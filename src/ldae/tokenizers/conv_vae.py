@@ -345,7 +345,7 @@ class ConvVAETokenizer(Tokenizer):
         if not (0.0 <= tk.adv_start <= 1.0 and tk.adv_weight >= 0 and tk.perceptual_weight >= 0):
             raise ConfigError("tokenizer.adv_start must be in [0, 1] and tokenizer.adv_weight, "
                               "tokenizer.perceptual_weight >= 0.")
-        if tk.perceptual and not Path(tk.perceptual_weights).is_file():
+        if tk.perceptual and not tk.pretrained and not Path(tk.perceptual_weights).is_file():
             where = f"'{tk.perceptual_weights}' does not exist" if tk.perceptual_weights else "is not set"
             raise ConfigError(
                 f"tokenizer.perceptual=true needs tokenizer.perceptual_weights=PATH, which {where}: "
