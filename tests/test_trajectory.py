@@ -183,4 +183,5 @@ def test_scale_fit_settings_reach_only_their_tokenizer(built):
     assert r["tab2-patch-ae-d8"].cfg.tokenizer.patch_batch == 256
     assert r["tab2-patch-vae-d8"].cfg.tokenizer.fit_lr == pytest.approx(1e-2)
     assert r["tab2-pca-d8"].cfg.tokenizer.fit_lr == pytest.approx(2e-3)  # the scale's base value
-    assert r["tab1-linear-gamma2"].cfg.tokenizer.fit_epochs == 3
+    assert r["tab1-linear-gamma2"].cfg.tokenizer.fit_epochs == 2  # the scale's conv_vae setting
+    assert r["tab2-pca-d8"].cfg.tokenizer.fit_epochs == 3

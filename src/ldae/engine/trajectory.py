@@ -388,19 +388,20 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
              f"{' ' + ' '.join(meta.get('overrides', [])) if meta.get('overrides') else ''}`.",
              "Paper numbers: ImageNet-1k linear probe top-1 (%), ViT-1/2L, 400 epochs (FID-50K where "
              "given). Ours: linear probe top-1 / top-5 (%) on this scale's eval split. "
-             "Δ = change from the line above it in the same table (paper / ours); "
-             "✓ when both move the same way.", ""]
+             "Δ = change from the row it modifies (its `inherit:` "
+             "parent; Tab. 1, Tab. 3, Sec. 5), paper / ours; ✓ when both move the same way, ✗ when not.", ""]
+    by_name = {rec["row"]: rec for rec in recs}
     by_table: dict[str, list[dict]] = {}
     for rec in recs:
         by_table.setdefault(rec["table"], []).append(rec)
     for table, rs in by_table.items():
         lines += [f"## {TABLES.get(table, table)}", "",
-                  "| row | system | d | paper acc | paper FID | ours top-1 | ours top-5 | Δ paper / ours | status |",
+                  "| row | system | d | paper acc | paper FID | ours top-1 | ours top-5 | Δ vs parent: paper / ours | status |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        prev = None
         for rec in rs:
             delta = "—"
-            if prev is not None and table in ("tab1", "tab3", "sec5"):
+            prev = by_name.get(_parent(rec["row"]))
+            if prev is not None and table in ("tab1", "tab3", "sec5") and not rec["status"].startswith("same as"):
                 dp = _diff(rec["paper_acc"], prev["paper_acc"])
                 do = _diff(rec["top1"], prev["top1"])
                 if dp is not None or do is not None:
@@ -410,12 +411,22 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
             lines.append(f"| `{rec['row']}` | {rec['title']} | {_fmt(rec['d'])} | {_fmt(rec['paper_acc'])} | "
                          f"{_fmt(rec['paper_fid'])} | {_fmt(rec['top1'], 2)} | {_fmt(rec['top5'], 2)} | "
                          f"{delta} | {status} |")
-            prev = rec
         lines.append("")
     figs = [f for f in ("trajectory", "tab2", "fig5") if (out / "figures" / f"{f}.png").is_file()]
     if figs:
         lines += ["## Plots", ""] + [f"![{f}](figures/{f}.png)" for f in figs] + [""]
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def _parent(name: str) -> str | None:
+    from ..config import _find_preset
+
+    try:
+        raw = yaml.safe_load(_find_preset(name, "trajectory").read_text()) or {}
+    except ConfigError:
+        return None
+    return raw.get("inherit")
 
 
 def _first_sentence(text: str) -> str:
