@@ -77,10 +77,6 @@ class Row:
     skip: str | None = None  # why this row cannot run at this scale
     meta: dict = field(default_factory=dict)
 
-    @property
-    def d(self) -> int | None:
-        return self.cfg.tokenizer.dim if self.cfg is not None else None
-
 
 def row_names() -> list[str]:
     """Every row, in the paper's order."""
@@ -127,8 +123,7 @@ def _derived(meta: dict, smeta: dict, cfg0: Config, name: str) -> list[str]:
     if meta.get("epochs") and meta["epochs"] != smeta["epochs"]:
         f = meta["epochs"] / smeta["epochs"]
         out.append(f"optim.epochs={cfg0.optim.epochs * f}")
-    tok = _tokenizer_name(cfg0, meta)
-    for k, v in (smeta.get("fit") or {}).get(tok, {}).items():  # the scale's fit settings per tokenizer
+    for k, v in (smeta.get("fit") or {}).get(cfg0.tokenizer.name, {}).items():  # the scale's fit settings per tokenizer
         out.append(f"tokenizer.{k}={v}")
     if meta.get("size"):
         size = smeta["sizes"].get(meta["size"])
@@ -136,10 +131,6 @@ def _derived(meta: dict, smeta: dict, cfg0: Config, name: str) -> list[str]:
             raise ConfigError(f"row {name}: the scale maps no model for size {meta['size']}.")
         out.append(f"model.name={size}")
     return out
-
-
-def _tokenizer_name(cfg0: Config, meta: dict) -> str:
-    return cfg0.tokenizer.name
 
 
 def build_row(name: str, scale: str, overrides: list[str] | None = None) -> Row:
@@ -273,7 +264,9 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
         raise ConfigError(f"row {skipped[0].name} cannot run at scale {scale}: {skipped[0].skip}")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"scale": scale, "overrides": overrides, "rows": [r.name for r in todo],
-            "hardware": hardware(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "hardware": hardware(load_config(None, overrides, check=False,
+                                             layers=[copy.deepcopy(layer)]).train.threads),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     atomic_write_json(out / "trajectory.json", meta)
     show(f"trajectory at scale {scale}: {len(todo)} rows into {out} "
          f"({len(skipped)} cannot run here: {', '.join(r.name for r in skipped) or 'none'})")
@@ -321,8 +314,10 @@ def _summary(run_dir: Path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def hardware() -> str:
+def hardware(threads: int = 0) -> str:
     import torch
+
+    from ..dist import pick_threads
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
@@ -334,7 +329,7 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"CPU {cpu}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return f"CPU {cpu}, {pick_threads(threads)} torch threads (torch {torch.__version__})"
 
 
 # ------------------------------------------------------------------------------------- results
