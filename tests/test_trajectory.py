@@ -185,3 +185,12 @@ def test_scale_fit_settings_reach_only_their_tokenizer(built):
     assert r["tab2-pca-d8"].cfg.tokenizer.fit_lr == pytest.approx(2e-3)  # the scale's base value
     assert r["tab1-linear-gamma2"].cfg.tokenizer.fit_epochs == 2  # the scale's conv_vae setting
     assert r["tab2-pca-d8"].cfg.tokenizer.fit_epochs == 3
+
+
+def test_runner_refuses_a_row_dir_run_with_another_config(tmp_path):
+    out = tmp_path / "traj"
+    tj.run("debug", out, "fig5-pixel-32", QUICK, show=lambda s: None)
+    res = tj.run("debug", out, "fig5-pixel-32", QUICK + ["optim.blr=5e-4"], show=lambda s: None)
+    assert res[0]["status"] == "failed" and "optim.blr" in res[0]["reason"]
+    res = tj.run("debug", out, "fig5-pixel-32", QUICK, show=lambda s: None)  # unchanged: cached
+    assert res[0]["status"] == "done (cached)"

@@ -187,7 +187,12 @@ def tokenizer_key(cfg: Config) -> str:
     all), the images it sees and the patch size."""
     import hashlib
 
-    t = cfg.tokenizer.__dict__.copy()
+    from ..config import TokenizerConfig
+
+    default = TokenizerConfig().__dict__
+    # only the settings that differ from the defaults: a field added to the schema later (with
+    # a default) leaves every existing key unchanged
+    t = {k: v for k, v in cfg.tokenizer.__dict__.items() if v != default[k] or k in ("name", "dim")}
     t.pop("path", None)
     if t["name"] == "pca":
         t.pop("dim")
@@ -223,14 +228,28 @@ def run_row(row: Row, out: Path, log) -> dict:
     from . import linprobe, pretrain
     from .common import load_run
 
+    from ..config import diff_configs
+    from .common import CONFIG_FILE, read_run_config
+
     run_dir = out / "rows" / row.name
+    cfg = copy.deepcopy(row.cfg)
+    shared = not cfg.tokenizer.path  # else the user named a fitted tokenizer for every row
+    if shared:
+        cfg.tokenizer.path = str(out / "tokenizers" / tokenizer_key(cfg) / "tokenizer.safetensors")
+    if (run_dir / CONFIG_FILE).is_file():  # a finished or interrupted row must be this row
+        ignorable = ("train.threads", "train.device", "train.log_every", "train.ckpt_every",
+                     "train.keep_ckpts", "train.tensorboard", "data.num_workers", "linprobe.",
+                     "tokenizer.path")  # the tokenizer's own settings are compared key by key
+        changed = [c for c in diff_configs(cfg, read_run_config(run_dir)) if not c.startswith(ignorable)]
+        if changed:
+            raise ConfigError(f"{run_dir} was run with another config ({'; '.join(changed)}); use "
+                              "another --out, or delete that row's directory to rerun it.")
     res = _done(run_dir)
     summary_path = run_dir / "train_summary.json"
     if res is not None and summary_path.is_file():
         return {"status": "done (cached)", "probe": res, "pretrain": json.loads(summary_path.read_text())}
-    cfg = copy.deepcopy(row.cfg)
-    if not cfg.tokenizer.path:
-        cfg.tokenizer.path = str(_fit_tokenizer(cfg, out, log))
+    if shared:
+        _fit_tokenizer(cfg, out, log)
     t0 = time.perf_counter()
     summary = pretrain.run(cfg, run_dir, resume="auto")
     t1 = time.perf_counter()
