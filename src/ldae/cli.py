@@ -6,6 +6,7 @@
     ldae linprobe      --out RUN_DIR --sweep [linprobe.sweep_t=[...] ...]   (App. A sweeps)
     ldae trajectory    --scale debug|cifar10-cpu|cifar10-gpu|imagenet [--rows ROWS] [--out DIR]
                        [--full] [--list] [key=value ...]   (the paper's tables, row by row)
+    ldae export        RUN_DIR [--t 10] [--blocks k] --out DIR   (a plain timm ViT)
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the rows' resolved settings and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides applied to every row (before the row's own d, size and epochs)")
+    p = sub.add_parser("export", help="fold the encoder at a fixed t into a plain timm VisionTransformer")
+    p.add_argument("run_dir", help="a pretraining run dir")
+    p.add_argument("--t", type=int, default=10, help="the fixed timestep (default 10)")
+    p.add_argument("--blocks", type=int, default=0, help="encoder depth k (default: the model's split)")
+    p.add_argument("--out", required=True, help="output dir: model.safetensors + config.json")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA exists")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -169,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                 print((Path(args.out) / "eval" / res["files"]["md"]).read_text())
             print(json.dumps({k: v for k, v in res.items()
                               if k not in ("grid", "cells", "paper_reference")}, indent=2))
+        elif args.cmd == "export":
+            from .engine.export import export
+
+            info = export(Path(args.run_dir), Path(args.out), t=args.t, blocks=args.blocks,
+                          use_ema=not args.no_ema)
+            print(json.dumps({k: v for k, v in info.items() if k != "timm"}, indent=2))
+            print(f"load with timm:\n  {info['timm']}")
         elif args.cmd == "trajectory":
             from .engine import trajectory
 

@@ -1,0 +1,108 @@
+"""``ldae export``: the encoder at a fixed t as a plain timm ``VisionTransformer`` (SPEC §3).
+
+At transfer t is fixed, so every block's conditioning is a constant and the adaLN-Zero block
+
+    x <- x + g_a * Attn(LN(x) * (1 + s_a) + b_a)
+    x <- x + g_m * MLP(LN(x) * (1 + s_m) + b_m)
+
+is a standard pre-norm ViT block once the constants are folded into weights:
+scale/shift become the LayerNorm's affine (weight = 1 + s, bias = b) and each gate multiplies the
+rows of the Linear that ends its branch (attn.proj, mlp.fc2; ``W <- diag(g) W``, ``b <- g * b``).
+The input side folds too: for image-space input the linear patch embedding on (C, p, p) patches
+is timm's strided conv; for a PCA latent input, ``embed(z) = E (x - m) V_d^T + e`` is one linear
+map of the pixels, ``E V_d`` with bias ``e - E V_d m``. The position embedding is our fixed
+sin-cos table. The result has no class token, average pooling, no final norm (our feature is the
+plain token average of block k's output), and no head: timm's ``forward`` returns the feature.
+
+Writes ``model.safetensors`` (timm's state-dict names) and ``config.json`` (the constructor
+keywords), and prints the one line that loads it with timm.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_path, atomic_write_json
+from ..errors import ConfigError
+
+TIMM_CALL = ("import json, timm, safetensors.torch as st; m = timm.models.vision_transformer."
+             "VisionTransformer(**json.load(open('{d}/config.json'))); "
+             "m.load_state_dict(st.load_file('{d}/model.safetensors'), strict=True)")
+
+
+def _patch_map(den) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, a) with embed-input tokens = patches @ A.T + a, patches flattened (C, p, p)."""
+    tok, D = den.tokenizer, den.tokenizer.full_dim
+    if den.input_space == "image":
+        return torch.eye(D), torch.zeros(D)
+    if tok.name == "pca":
+        basis = tok.basis[: tok.dim].float().cpu()  # (d, D)
+        if tok.whiten:
+            basis = basis / tok._scale().float().cpu()[:, None]
+        return basis, -(basis @ tok.mean.float().cpu())
+    raise ConfigError(f"ldae export folds a linear input map only: image-space input, or a latent "
+                      f"input from the pca tokenizer (this run: input_space={den.input_space}, "
+                      f"tokenizer {tok.name}).")
+
+
+@torch.no_grad()
+def fold(den, t: int, blocks: int, image_size: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """timm state dict and constructor keywords of the first ``blocks`` blocks at fixed ``t``."""
+    net = den.backbone.float().cpu().eval()
+    if not 1 <= blocks <= net.depth:
+        raise ConfigError(f"--blocks {blocks} must be in [1, {net.depth}] for this model.")
+    if not 0 <= t < den.schedule.num_steps:
+        raise ConfigError(f"--t {t} must be in [0, {den.schedule.num_steps}).")
+    p, C = den.tokenizer.patch_size, den.tokenizer.channels
+    tt = den.schedule.t_cond(torch.tensor([t]))
+    c = net.condition(tt)  # (1, W); the null class for a class-conditional model
+    A, a = _patch_map(den)
+    E, e = net.patch_embed.weight.float(), net.patch_embed.bias.float()
+    sd = {"patch_embed.proj.weight": (E @ A).reshape(net.width, C, p, p).contiguous(),
+          "patch_embed.proj.bias": E @ a + e,
+          "pos_embed": net.pos_embed.float().clone()}
+    for i, blk in enumerate(net.blocks[:blocks]):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (v[0] for v in blk.modulation(c))
+        q = f"blocks.{i}."
+        sd[q + "norm1.weight"], sd[q + "norm1.bias"] = 1 + scale_a, shift_a
+        sd[q + "attn.qkv.weight"], sd[q + "attn.qkv.bias"] = blk.attn.qkv.weight, blk.attn.qkv.bias
+        sd[q + "attn.proj.weight"] = gate_a[:, None] * blk.attn.proj.weight
+        sd[q + "attn.proj.bias"] = gate_a * blk.attn.proj.bias
+        sd[q + "norm2.weight"], sd[q + "norm2.bias"] = 1 + scale_m, shift_m
+        sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc1.bias"] = blk.mlp.fc1.weight, blk.mlp.fc1.bias
+        sd[q + "mlp.fc2.weight"] = gate_m[:, None] * blk.mlp.fc2.weight
+        sd[q + "mlp.fc2.bias"] = gate_m * blk.mlp.fc2.bias
+    sd = {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
+    heads = net.blocks[0].attn.heads
+    mlp_ratio = net.blocks[0].mlp.fc1.out_features / net.width
+    kwargs = {"img_size": image_size, "patch_size": p, "in_chans": C, "num_classes": 0,
+              "global_pool": "avg", "embed_dim": net.width, "depth": blocks, "num_heads": heads,
+              "mlp_ratio": mlp_ratio, "qkv_bias": True, "class_token": False,
+              "no_embed_class": True, "final_norm": False, "fc_norm": False}
+    return sd, kwargs
+
+
+def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool = True) -> dict:
+    from safetensors.torch import save_file
+
+    from .common import load_run
+
+    cfg, den = load_run(Path(run_dir), use_ema=use_ema, device="cpu")
+    k = blocks or den.backbone.encoder_blocks
+    sd, kwargs = fold(den, t, k, cfg.data.image_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"ldae_export": json.dumps({"run": str(run_dir), "t": t,
+                                                                      "blocks": k})})
+    atomic_write_json(out / "config.json", kwargs)
+    info = {"out": str(out), "t": t, "blocks": k, "params": sum(v.numel() for v in sd.values()),
+            "input": f"images in [-1, 1], {cfg.data.image_size} px",
+            "timm": TIMM_CALL.format(d=out)}
+    atomic_write_json(out / "export.json", info)
+    return info
+
+
+__all__ = ["fold", "export", "TIMM_CALL"]

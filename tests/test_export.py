@@ -1,0 +1,90 @@
+"""``ldae export``: the folded encoder loads strictly into timm's VisionTransformer and gives our
+features at fixed t, for every registered size."""
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from ldae.config import load_config
+from ldae.diffusion import build_denoiser
+from ldae.engine.export import fold
+from ldae.models import MODEL_SIZES
+from ldae.tokenizers import PCATokenizer
+
+
+def _perturb(den, seed: int = 0) -> None:
+    """adaLN-Zero starts with zero gates (an identity encoder): draw every weight instead."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in den.backbone.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _images(n: int, size: int) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def _check(den, size: int, t: int, k: int, tol: float = 1e-4) -> None:
+    sd, kwargs = fold(den, t, k, size)
+    vit = VisionTransformer(**kwargs).eval()
+    vit.load_state_dict(sd, strict=True)
+    x = _images(2, size)
+    ours = den.features(x, t, [k])[0]
+    with torch.no_grad():
+        theirs = vit(x)
+    assert theirs.shape == ours.shape
+    torch.testing.assert_close(theirs, ours, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("size", [s for s in MODEL_SIZES if s != "test"])
+def test_every_size_exports_to_a_strict_timm_vit(size):
+    torch.manual_seed(0)
+    p, img = 16, 32  # 4 tokens: the widths and depths are what is tested
+    cfg = load_config(None, [f"model.name={size}", "data.source=synthetic", f"data.image_size={img}",
+                             f"model.patch_size={p}", "tokenizer.dim=32"])
+    tok = PCATokenizer(p, 32)
+    den = build_denoiser(cfg, tok).eval()
+    _perturb(den)
+    _check(den, img, t=10, k=den.backbone.encoder_blocks, tol=2e-4)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_pca_latent_input_folds_into_the_patch_embedding(whiten):
+    size, p, d = 16, 4, 6
+    cfg = load_config(None, ["model.name=test", "data.source=synthetic", f"data.image_size={size}",
+                             f"model.patch_size={p}", f"tokenizer.dim={d}", "diffusion.input_space=latent",
+                             "diffusion.output_space=latent", "diffusion.target=eps",
+                             f"tokenizer.whiten={str(whiten).lower()}"])
+    tok = PCATokenizer(p, d, whiten=whiten).fit([_images(32, size)])
+    den = build_denoiser(cfg, tok).eval()
+    _perturb(den, 3)
+    for t, k in [(0, 1), (10, 2), (500, 2)]:
+        _check(den, size, t, k)
+
+
+def test_class_conditional_model_exports_with_the_null_class():
+    cfg = load_config(None, ["model.name=test", "data.source=synthetic", "data.image_size=16",
+                             "model.patch_size=4", "tokenizer.dim=4", "model.class_cond=true"])
+    den = build_denoiser(cfg, PCATokenizer(4, 4)).eval()
+    _perturb(den, 5)
+    _check(den, 16, 10, 1)
+
+
+def test_export_cli_writes_files_that_timm_loads(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from ldae.cli import main
+
+    run = tmp_path / "run"
+    args = ["-c", "demo", "--out", str(run), "model.name=test", "data.source=synthetic",
+            "data.synthetic_size=64", "data.val_size=16", "optim.epochs=1", "optim.warmup_epochs=0",
+            "optim.batch_size=16", "train.threads=1"]
+    assert main(["pretrain", *args]) == 0
+    out = tmp_path / "exp"
+    assert main(["export", str(run), "--t", "10", "--blocks", "1", "--out", str(out)]) == 0
+    vit = VisionTransformer(**json.loads((out / "config.json").read_text()))
+    vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    assert main(["export", str(run), "--blocks", "9", "--out", str(out)]) == 2
