@@ -47,15 +47,6 @@ from train_vs_timm import (autocast_for, default_peak_tflops, hardware, hardware
                            loadavg, pick_device, set_threads, shape_parser, sync)
 
 
-def encoder_fwd_flops(backbone, k: int) -> float:
-    """2 N_k L + 4 k W L^2 for the first k blocks (plus the patch embedding)."""
-    L, W = backbone.num_tokens, backbone.width
-    n = backbone.patch_embed.weight.numel()
-    for b in backbone.blocks[:k]:
-        n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
-    return 2.0 * n * L + 4.0 * k * W * L * L
-
-
 def build(args, device: torch.device):
     from ldae.config import load_config
     from ldae.diffusion.objective import build_denoiser
@@ -110,7 +101,7 @@ def main() -> None:
     bb = den.backbone
     k = args.blocks or bb.encoder_blocks
     L = bb.num_tokens
-    fwd = encoder_fwd_flops(bb, k)
+    fwd = bb.encoder_flops_per_image(k)
     hw = hardware(device)
     print(hardware_line(hw))
     print(f"model {args.model}: encoder = first {k} of {bb.depth} blocks x W {bb.width}; "

@@ -103,15 +103,6 @@ def auto_dim(patch: int) -> int:
     return 32 if patch >= 16 else 4
 
 
-def encoder_fwd_flops(backbone, k: int) -> float:
-    """2 N_k L + 4 k W L^2: patch embedding and qkv, proj, fc1, fc2 of the first k blocks."""
-    L, W = backbone.num_tokens, backbone.width
-    n = backbone.patch_embed.weight.numel()
-    for b in backbone.blocks[:k]:
-        n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
-    return 2.0 * n * L + 4.0 * k * W * L * L
-
-
 # ------------------------------------------------------------------------------ one config
 def build(args, device_type: str):
     """(cfg, runtime, denoiser) as ``ldae pretrain`` builds them, at random init."""
@@ -175,7 +166,7 @@ def make_feature_step(cfg, rt, den, args):
 
     step.box = box  # type: ignore[attr-defined]
     step.eager = feats  # type: ignore[attr-defined]
-    return step, None, encoder_fwd_flops(bb, k)
+    return step, None, bb.encoder_flops_per_image(k)
 
 
 def count_host_syncs(step, device: torch.device) -> int | None:

@@ -244,6 +244,14 @@ def test_train_flops_per_image_test_size():
     assert m.train_flops_per_image() == 6 * n_token * L + 12 * depth * W * L * L == 2629632
 
 
+def test_encoder_flops_per_image_by_hand():
+    m = tiny(in_dim=12, out_dim=12, num_tokens=16)  # W=32, encoder = 1 of 2 blocks, L=16
+    W, L = 32, 16
+    n_enc = 12 * W + (3 * W * W + W * W + W * 4 * W + 4 * W * W)  # embedding + one block
+    assert m.encoder_flops_per_image() == 2 * n_enc * L + 4 * 1 * W * L * L == 438272
+    assert m.encoder_flops_per_image(2) > m.encoder_flops_per_image(1)
+
+
 def expected_params(W, depth, mlp_ratio, in_dim, out_dim, adaln, num_classes=0):
     hidden = int(W * mlp_ratio)
 

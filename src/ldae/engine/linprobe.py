@@ -616,8 +616,6 @@ def sweep_figure(rec: dict, path: Path) -> Path:
     else:
         a.text(0.5, 0.5, "t not swept", ha="center", va="center", transform=a.transAxes)
     a.set_xlabel(f"fixed t (encoder blocks k = {plan['k0']})")
-    a.set_ylabel("linear-probe top-1 (%)")
-    a.grid(alpha=0.3)
     if plan["blocks_table"]:
         cells = [c for c in rec["cells"] if c["table"] == "blocks"]
         b.plot([c["blocks"] for c in cells], [c["top1"] for c in cells], marker="o",
@@ -629,8 +627,9 @@ def sweep_figure(rec: dict, path: Path) -> Path:
     else:
         b.text(0.5, 0.5, "blocks not swept", ha="center", va="center", transform=b.transAxes)
     b.set_xlabel(f"encoder blocks (t = {plan['t0']}, {'noisy' if plan['noisy0'] else 'clean'} input)")
-    b.set_ylabel("linear-probe top-1 (%)")
-    b.grid(alpha=0.3)
+    for ax in (a, b):
+        ax.set_ylabel("linear-probe top-1 (%)")
+        ax.grid(alpha=0.3)
     fig.suptitle(f"App. A sweeps, encoder {rec['encoder']} (fast protocol)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -85,11 +85,15 @@ def row_names() -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _own_row(name: str) -> dict:
+def _raw_row(name: str) -> dict:
+    """A row file as written (no inheritance resolved)."""
     from ..config import _find_preset
 
-    raw = yaml.safe_load(_find_preset(name, "trajectory").read_text()) or {}
-    return raw.get("row") or {}
+    return yaml.safe_load(_find_preset(name, "trajectory").read_text()) or {}
+
+
+def _own_row(name: str) -> dict:
+    return _raw_row(name).get("row") or {}
 
 
 def load_scale(scale: str) -> tuple[dict, dict]:
@@ -270,7 +274,7 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
     overrides = list(overrides or [])
     overrides.append(f"linprobe.fast={'false' if full else 'true'}")
     layer, _ = load_scale(scale)
-    load_config(None, overrides, layers=[copy.deepcopy(layer)])  # bad overrides fail here, before any work
+    base = load_config(None, overrides, layers=[copy.deepcopy(layer)])  # bad overrides fail here, before any work
     names = select(rows)
     built = {n: build_row(n, scale, overrides) for n in names}
     for r in list(built.values()):  # a reused row needs the row it reuses
@@ -283,8 +287,7 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
         raise ConfigError(f"row {skipped[0].name} cannot run at scale {scale}: {skipped[0].skip}")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"scale": scale, "overrides": overrides, "rows": [r.name for r in todo],
-            "hardware": hardware(load_config(None, overrides, check=False,
-                                             layers=[copy.deepcopy(layer)]).train.threads),
+            "hardware": hardware(base.train.threads),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     atomic_write_json(out / "trajectory.json", meta)
     show(f"trajectory at scale {scale}: {len(todo)} rows into {out} "
@@ -318,12 +321,12 @@ def _with_finished(out: Path, scale: str, todo: list[Row], overrides: list[str],
     names = {r.name for r in todo}
     extra = []
     for n in row_names():
-        if n in names or _done(out / "rows" / n) is None:
+        probe = None if n in names else _done(out / "rows" / n)
+        if probe is None:
             continue
         extra.append(build_row(n, scale, overrides))
-        if n not in results:
-            results[n] = {"status": "done (cached)", "probe": _done(out / "rows" / n),
-                          "pretrain": _summary(out / "rows" / n)}
+        results.setdefault(n, {"status": "done (cached)", "probe": probe,
+                               "pretrain": _summary(out / "rows" / n)})
     order = row_names()
     return sorted(todo + extra, key=lambda r: order.index(r.name))
 
@@ -432,15 +435,8 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=None)
 def _parent(name: str) -> str | None:
-    from ..config import _find_preset
-
-    try:
-        raw = yaml.safe_load(_find_preset(name, "trajectory").read_text()) or {}
-    except ConfigError:
-        return None
-    return raw.get("inherit")
+    return _raw_row(name).get("inherit")
 
 
 def _first_sentence(text: str) -> str:

@@ -120,6 +120,17 @@ class DiT(nn.Module):
             n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
         return n
 
+    def encoder_flops_per_image(self, k: int | None = None) -> float:
+        """Forward FLOPs of the frozen encoder (the first k blocks) on one image:
+        2 N_k L + 4 k W L^2, N_k = the patch embedding and the blocks' qkv, proj, fc1, fc2
+        (the modulation runs once per image at fixed t, not per token)."""
+        k = k or self.encoder_blocks
+        L, W = self.num_tokens, self.width
+        n = self.patch_embed.weight.numel()
+        for b in self.blocks[:k]:
+            n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
+        return 2.0 * n * L + 4.0 * k * W * L * L
+
     def train_flops_per_image(self) -> float:
         """SPEC §8: 6 N L + 12 depth W L^2 (forward + backward)."""
         L = self.num_tokens
