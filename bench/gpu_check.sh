@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of one short GPU session: about 9 minutes on one H100/H200, all steps included.
+# The GPU checks of one short GPU session: under 10 minutes on one H100/H200, all steps included.
 #
 #   (a) env         nvidia-smi; python, torch, CUDA, the device; the project's imports   (<= 20 s)
 #   (b) tests       python -m pytest tests/test_gpu.py -rs                                (<= 80 s)
@@ -8,11 +8,13 @@
 #                   (<= 90 s each), presets in order of importance, the rest skipped when
 #                   the time is spent
 #   (d) trajectory  issue 3's rows at scale cifar10-gpu on the CIFAR-10 subset carried in
-#                   .gpu/ (<= $TRAJ_S s, default 300); run the device call with carry [".gpu"]
+#                   .gpu/ (<= $TRAJ_S s, default 240); run the device call with carry [".gpu"]
+#   (e) finetune    App. B on the l-DAE row of (d), then the same ViT from random init, a few
+#                   epochs each (<= $FT_S s each, default 45); results into $OUT_DIR/ft-*.json
 #
 # A step that fails or times out prints "FAILED" and the next one still runs; the exit status is
-# the number of failed steps. Logs (env.log, tests.log, throughput.log) and throughput.json go to
-# ${OUT:-/tmp/ldae-gpu}. Needs no install: src/ goes on PYTHONPATH. Python: $PYTHON, else python3.
+# the number of failed steps. Logs (env, tests, throughput, ... as logs.tgz), throughput.json, the
+# trajectory's results and the fine-tune records go to ${OUT:-/tmp/ldae-gpu}. Needs no install: src/ goes on PYTHONPATH. Python: $PYTHON, else python3.
 #
 #   bash bench/gpu_check.sh
 #   OUT=$OUT PYTHON=python3 bash bench/gpu_check.sh
@@ -89,7 +91,7 @@ run_step throughput $((LEFT + 10)) "$PY" bench/throughput.py --sweep --sweep-bud
 # (d) a short real CIFAR-10 run: the trajectory rows of issue 3 at scale cifar10-gpu, on the
 #     class-balanced subset carried in .gpu/ (bench/cifar_subset.py: 20,000 train + the 5,000 val
 #     images; ../shared does not travel to the GPU machine). Skipped when the subset is absent.
-TRAJ_S="${TRAJ_S:-300}"
+TRAJ_S="${TRAJ_S:-240}"
 SUB=.gpu/cifar10-sub.npz
 if [ -f "$SUB" ]; then
     run_step unpack 60 "$PY" bench/cifar_subset.py unpack "$SUB" /tmp/cifar10-sub
@@ -99,11 +101,25 @@ if [ -f "$SUB" ]; then
     for f in results.md results.csv figures/trajectory.png; do  # $OUT brings back 8 files at most
         [ -f "/tmp/traj-gpu/$f" ] && cp "/tmp/traj-gpu/$f" "$OUT_DIR/traj-$(basename "$f")"
     done
+    # (e) App. B fine-tuning of that l-DAE encoder and of the same ViT at random init
+    FT_S="${FT_S:-45}"
+    ROW=/tmp/traj-gpu/rows/tab3-ldae
+    if [ -d "$ROW/checkpoints" ]; then
+        for init in ldae random; do
+            run_step "finetune-$init" "$FT_S" "$PY" -m ldae.cli finetune --out "$ROW" --init "$init" \
+                finetune.epochs=3 finetune.warmup_epochs=0.5 finetune.ema=0.99 data.num_workers=8
+        done
+        for f in finetune.json finetune-random.json; do
+            [ -f "$ROW/eval/$f" ] && cp "$ROW/eval/$f" "$OUT_DIR/ft-$f"
+        done
+    fi
 else
     echo "=== [trajectory] skipped: no $SUB (python bench/cifar_subset.py pack ../shared/data/cifar10 $SUB)"
 fi
 
 echo
-echo "=== gpu_check summary ($((SECONDS - START)) s in all; logs in $OUT_DIR)"
+echo "=== gpu_check summary ($((SECONDS - START)) s in all; logs in $OUT_DIR/logs.tgz)"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
+# the device tool brings back 8 files at most: the logs travel as one archive
+(cd "$OUT_DIR" && tar czf logs.tgz ./*.log && rm -f ./*.log) || true
 exit "$FAILED"

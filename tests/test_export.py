@@ -25,8 +25,8 @@ def _images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-def _check(den, size: int, t: int, k: int, tol: float = 1e-4) -> None:
-    sd, kwargs = fold(den, t, k, size)
+def _check(den, size: int, t: int, k: int, tol: float = 1e-4, layer_scale: bool = False) -> None:
+    sd, kwargs = fold(den, t, k, size, layer_scale=layer_scale)
     vit = VisionTransformer(**kwargs).eval()
     vit.load_state_dict(sd, strict=True)
     x = _images(2, size)
@@ -47,6 +47,18 @@ def test_every_size_exports_to_a_strict_timm_vit(size):
     den = build_denoiser(cfg, tok).eval()
     _perturb(den)
     _check(den, img, t=10, k=den.backbone.encoder_blocks, tol=2e-4)
+
+
+@pytest.mark.parametrize("size", ["micro", "mini-B"])
+def test_gates_kept_as_layer_scale_give_the_same_features(size):
+    """Fine-tuning's form: gates as timm LayerScale vectors (ls1/ls2), Linears left unscaled."""
+    cfg = load_config(None, [f"model.name={size}", "data.source=synthetic", "data.image_size=32",
+                             "model.patch_size=16", "tokenizer.dim=32"])
+    den = build_denoiser(cfg, PCATokenizer(16, 32)).eval()
+    _perturb(den, 7)
+    _check(den, 32, t=10, k=den.backbone.encoder_blocks, tol=2e-4, layer_scale=True)
+    sd, _ = fold(den, 10, 1, 32, layer_scale=True)
+    assert torch.equal(sd["blocks.0.attn.proj.weight"], den.backbone.blocks[0].attn.proj.weight)
 
 
 @pytest.mark.parametrize("whiten", [False, True])

@@ -129,7 +129,7 @@ def test_extract_features_blocks_from_one_forward_and_seeded_noise(tokenizer):
 
 
 def test_ldae_without_denoiser_fails_clearly(tmp_path):
-    with pytest.raises(ValueError, match="needs a denoiser"):
+    with pytest.raises(ValueError, match="needs an encoder"):
         linprobe.run(_cfg(), tmp_path, None, RT)
 
 

@@ -4,6 +4,9 @@
     ldae pretrain      -c PRESET [key=value ...] --out RUN_DIR [--resume auto|CKPT] [--force]
     ldae linprobe      --out RUN_DIR [--fast] [--encoder ldae|random|pixels] [key=value ...]
     ldae linprobe      --out RUN_DIR --sweep [linprobe.sweep_t=[...] ...]   (App. A sweeps)
+    ldae linprobe      --from EXPORT_DIR|timm:NAME [--weights FILE] --out DIR -c PRESET
+    ldae finetune      --out RUN_DIR [--init ldae|random] [--resume auto] [key=value ...]
+    ldae finetune      --from EXPORT_DIR|timm:NAME [--weights FILE] --out DIR -c PRESET
     ldae trajectory    --scale debug|cifar10-cpu|cifar10-gpu|imagenet [--rows ROWS] [--out DIR]
                        [--full] [--list] [key=value ...]   (the paper's tables, row by row)
     ldae export        RUN_DIR [--t 10] [--blocks k] --out DIR   (a plain timm ViT)
@@ -33,6 +36,14 @@ def _common(p: argparse.ArgumentParser, preset_required: bool = False, default_o
                    help="config overrides, e.g. optim.epochs=10 data.path=../shared/data/cifar10")
 
 
+def _from_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", default=None, metavar="SRC",
+                   help="an encoder from outside the run: an `ldae export` dir, or timm:MODEL_NAME "
+                        "(any timm ViT) with --weights FILE")
+    p.add_argument("--weights", default=None, help="checkpoint file of a timm:MODEL_NAME source "
+                   "(.safetensors or a torch file; read without running code, never downloaded)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ldae", description="latent Denoising Autoencoders (l-DAE)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -55,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "blocks = that depth +-3 at linprobe.t, clean input; linprobe.sweep_t / "
                         "sweep_noisy / sweep_blocks=[...] choose other grids. Writes "
                         "eval/linprobe-sweep.{json,md,png}")
+    _from_args(p)
+    p = sub.add_parser("finetune", help="fine-tune an encoder end to end (App. B: MAE's recipe + EMA)")
+    _common(p)
+    p.add_argument("--init", choices=["ldae", "random"], default=None,
+                   help="start from the run's encoder (folded at finetune.t; default) or the same ViT "
+                        "at random init (the from-scratch baseline)")
+    _from_args(p)
+    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint) or a checkpoint path")
+    p.add_argument("--force", action="store_true", help="start the fine-tuning run over")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     p = sub.add_parser("trajectory", help="run rows of the paper's deconstruction at a scale and "
                        "write results.md/csv + plots (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5)")
     p.add_argument("--scale", required=True, help="scale preset: debug, cifar10-cpu, cifar10-gpu, imagenet")
@@ -85,13 +106,39 @@ def _load(args) -> "Config":  # noqa: F821
     return load_config(args.config, args.overrides)
 
 
+def _source_overrides(args, section_key: str) -> list[str]:
+    """``--from SRC [--weights FILE]`` as overrides: ``section_key=vit`` and the ``vit.*`` keys."""
+    if args.weights and not args.source:
+        raise LdaeError("--weights goes with --from timm:MODEL_NAME.")
+    if not args.source:
+        return []
+    from .engine.common import CONFIG_FILE
+
+    if (Path(args.source) / CONFIG_FILE).is_file():
+        raise LdaeError(f"--from {args.source} is an ldae pretraining run: give it as --out "
+                        f"{args.source} (results go into the run dir), or `ldae export` it first.")
+    out = [f"{section_key}=vit", f"vit.source={args.source}"]
+    return out + ([f"vit.weights={args.weights}"] if args.weights else [])
+
+
+def _run_or_preset_config(args, overrides: list[str]) -> "Config":  # noqa: F821
+    """A run dir's saved config (then overrides) when --out is a pretraining run and no -c is
+    given; else the preset (then overrides)."""
+    from .config import load_config
+    from .engine.common import CONFIG_FILE
+
+    out = Path(args.out)
+    if (out / CONFIG_FILE).is_file() and not args.config:
+        return load_config(None, overrides, base=yaml.safe_load((out / CONFIG_FILE).read_text()))
+    return load_config(args.config, overrides)
+
+
 def cmd_linprobe(args) -> dict:
     """One probe (``eval/linprobe*.json``), or the App. A sweeps when ``--sweep`` is given or any
     ``linprobe.sweep_*`` is set (without ``--sweep`` only the set axes are swept)."""
-    from .config import load_config
     from .dist import setup
     from .engine import linprobe
-    from .engine.common import CONFIG_FILE, encoder_for
+    from .engine.common import encoder_for
 
     out = Path(args.out)
     overrides = list(args.overrides)
@@ -99,11 +146,8 @@ def cmd_linprobe(args) -> dict:
         overrides.append("linprobe.fast=true")
     if args.encoder:
         overrides.append(f"linprobe.encoder={args.encoder}")
-    if (out / CONFIG_FILE).is_file():
-        base = yaml.safe_load((out / CONFIG_FILE).read_text())
-        cfg = load_config(args.config, overrides, base=None if args.config else base)
-    else:
-        cfg = load_config(args.config, overrides)
+    overrides += _source_overrides(args, "linprobe.encoder")
+    cfg = _run_or_preset_config(args, overrides)
     rt = setup(cfg.train.device, cfg.train.threads)
     den = encoder_for(cfg, out, rt.device, use_ema=not args.no_ema)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +220,18 @@ def main(argv: list[str] | None = None) -> int:
                 print((Path(args.out) / "eval" / res["files"]["md"]).read_text())
             print(json.dumps({k: v for k, v in res.items()
                               if k not in ("grid", "cells", "paper_reference")}, indent=2))
+        elif args.cmd == "finetune":
+            from .engine import finetune
+
+            overrides = list(args.overrides)
+            if args.init:
+                overrides.append(f"finetune.init={args.init}")
+            overrides += _source_overrides(args, "finetune.init")
+            cfg = _run_or_preset_config(args, overrides)
+            res = finetune.run(cfg, Path(args.out), resume=args.resume, force=args.force,
+                               max_steps=args.max_steps)
+            if res:
+                print(json.dumps({k: v for k, v in res.items() if k != "curve"}, indent=2))
         elif args.cmd == "export":
             from .engine.export import export
 

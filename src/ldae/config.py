@@ -146,6 +146,40 @@ class LinprobeConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """End-to-end fine-tuning (App. B: MAE's protocol plus EMA). ``ldae finetune``."""
+    init: str = "ldae"  # ldae (this run's encoder folded at t) | random (same ViT, timm init) | vit
+    t: int = 10  # the fixed timestep folded into the encoder (clean input)
+    blocks: int = 0  # encoder depth k; 0 = the model's encoder split
+    blr: float = 1e-3  # lr = blr x batch / 256: 4e-3 at the paper's batch 1024
+    min_lr: float = 1e-6  # floor of the half-cycle cosine (MAE)
+    batch_size: int = 1024  # global batch
+    accum_steps: int = 1
+    epochs: float = 100.0
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05  # not on biases, norms and the position embedding
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.85  # layer-wise lr decay: 0.85 (ViT-B) / 0.65 (ViT-L) in App. B
+    drop_path: float = 0.1
+    mixup: float = 0.8  # Beta(alpha) of MixUp; 0 = off
+    cutmix: float = 1.0  # Beta(alpha) of CutMix; 0 = off
+    randaug: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec, RandAug(9, 0.5); "" = off
+    smoothing: float = 0.1  # label smoothing
+    reprob: float = 0.25  # random erasing probability (pixel mode)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop scale
+    ema: float = 0.9999  # model EMA decay, evaluated on its own; 0 = off
+    head_norm: bool = True  # MAE: average pool -> LayerNorm (fc_norm) -> Linear head
+    eval_every: int = 1  # evaluate raw and EMA weights every this many epochs (0 = at the end only)
+
+
+@dataclass
+class VitConfig:
+    """An encoder from outside this run (``linprobe.encoder=vit``, ``finetune.init=vit``)."""
+    source: str = ""  # an ``ldae export`` dir, or timm:MODEL_NAME (any timm ViT)
+    weights: str = ""  # timm:MODEL_NAME's checkpoint file (.safetensors or a torch file); never downloaded
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -154,6 +188,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    vit: VitConfig = field(default_factory=VitConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -186,7 +222,8 @@ def _choices() -> dict[str, list[str]]:
         "diffusion.input_space": ["latent", "image"],
         "diffusion.output_space": ["latent", "image"],
         "train.device": ["auto", "cpu", "cuda"],
-        "linprobe.encoder": ["ldae", "random", "pixels"],
+        "linprobe.encoder": ["ldae", "random", "pixels", "vit"],
+        "finetune.init": ["ldae", "random", "vit"],
     }
 
 
@@ -406,6 +443,38 @@ def validate(cfg: Config) -> None:
         vals = getattr(lp, key)
         _need(len(set(vals)) == len(vals), f"linprobe.{key}={list(vals)} repeats a value.")
     _need(lp.sweep_cache_gb > 0, f"linprobe.sweep_cache_gb={lp.sweep_cache_gb} must be > 0.")
+    ft = cfg.finetune
+    _need(0 <= ft.t < cfg.diffusion.num_steps,
+          f"finetune.t={ft.t} must be in [0, diffusion.num_steps={cfg.diffusion.num_steps}).")
+    _need(0 <= ft.blocks <= depth, f"finetune.blocks={ft.blocks} must be in [0, {depth}].")
+    _need(ft.blr > 0 and ft.min_lr >= 0, "finetune.blr must be > 0 and finetune.min_lr >= 0.")
+    _need(ft.batch_size > 0 and ft.accum_steps > 0 and ft.batch_size % ft.accum_steps == 0,
+          f"finetune.batch_size={ft.batch_size} must be > 0 and divisible by "
+          f"finetune.accum_steps={ft.accum_steps}.")
+    _need(ft.epochs > 0 and 0 <= ft.warmup_epochs <= ft.epochs,
+          f"finetune.warmup_epochs={ft.warmup_epochs} must be in [0, finetune.epochs={ft.epochs}].")
+    _need(0 < ft.layer_decay <= 1, f"finetune.layer_decay={ft.layer_decay} must be in (0, 1] (1 = off).")
+    _need(0 <= ft.drop_path < 1 and 0 <= ft.reprob <= 1 and 0 <= ft.smoothing < 1,
+          "finetune.drop_path and finetune.smoothing must be in [0, 1), finetune.reprob in [0, 1].")
+    _need(ft.mixup >= 0 and ft.cutmix >= 0, "finetune.mixup and finetune.cutmix must be >= 0 (0 = off).")
+    _need((ft.mixup == 0 and ft.cutmix == 0) or (ft.batch_size // ft.accum_steps) % 2 == 0,
+          f"MixUp/CutMix pair each image with another of its batch: the micro-batch "
+          f"finetune.batch_size / accum_steps = {ft.batch_size // ft.accum_steps} must be even "
+          "(or set finetune.mixup=0 finetune.cutmix=0).")
+    _need(0 <= ft.ema < 1, f"finetune.ema={ft.ema} must be in [0, 1) (0 turns EMA off).")
+    _need(0.0 < ft.rrc_scale[0] <= ft.rrc_scale[1] <= 1.0,
+          f"finetune.rrc_scale={list(ft.rrc_scale)} must satisfy 0 < lo <= hi <= 1.")
+    _need(ft.eval_every >= 0, "finetune.eval_every must be >= 0 (0 = evaluate at the end only).")
+    _need(not ft.randaug or ft.randaug.startswith("rand-"),
+          f"finetune.randaug={ft.randaug!r} must be a timm RandAugment spec such as "
+          "'rand-m9-mstd0.5-inc1' (RandAug(9, 0.5)), or '' for none.")
+    uses_vit = lp.encoder == "vit" or ft.init == "vit"
+    _need(not uses_vit or cfg.vit.source != "",
+          "linprobe.encoder=vit / finetune.init=vit need vit.source=... (an `ldae export` dir or "
+          "timm:MODEL_NAME with vit.weights=FILE); on the CLI: --from SRC [--weights FILE].")
+    _need(not (lp.encoder == "vit" and lp.noisy),
+          "linprobe.noisy=true needs the run's own denoiser (an exported ViT has no noise process); "
+          "probe the run dir instead (linprobe.encoder=ldae).")
     _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
     from .diffusion.objective import check_combination

@@ -44,6 +44,47 @@ def training_curves(run_dir: str | Path) -> Path | None:
     return out
 
 
+def finetune_curves(work_dir: str | Path, title: str = "") -> Path | None:
+    """Fine-tuning: training loss against epochs, and eval top-1 of the raw and EMA weights,
+    from ``metrics.jsonl`` -> ``figures/finetune.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_path
+
+    work_dir = Path(work_dir)
+    path = work_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "raw_top1" in r]
+    if not train:
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    a.plot([r["epoch"] for r in train], [r["loss"] for r in train], lw=1.2)
+    a.set_xlabel("epoch")
+    a.set_ylabel("training loss (soft-target CE)")
+    for tag, colour in (("raw", "tab:blue"), ("ema", "tab:orange")):
+        pts = [(r["epoch"], r[f"{tag}_top1"]) for r in evals if f"{tag}_top1" in r]
+        if pts:
+            b.plot(*zip(*pts), marker="o", color=colour, label=f"{tag} weights")
+    if evals:
+        b.legend()
+        b.set_ylabel(f"top-1 (%) on {evals[-1].get('split', 'eval')}")
+    b.set_xlabel("epoch")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or work_dir.name)
+    out = work_dir / "figures" / "finetune.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
+
+
 def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = None,
                 max_tiles: int = 64) -> Path:
     """Tokenizer filters (n, C, p, p) as a grid of RGB tiles (paper Fig. 4), each tile scaled

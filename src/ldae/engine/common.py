@@ -86,8 +86,13 @@ def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
 def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True
                 ) -> Denoiser | None:
     """What ``linprobe.encoder`` names: the run's trained denoiser, the same architecture at
-    random init (with the run's tokenizer, or one fitted now), or None for raw pixels."""
+    random init (with the run's tokenizer, or one fitted now), an outside ViT (``vit.source``:
+    an ``ldae export`` dir or a timm checkpoint, as a ``VitEncoder``), or None for raw pixels."""
     enc = cfg.linprobe.encoder
+    if enc == "vit":
+        from ..models.vit import load_vit
+
+        return load_vit(cfg.vit.source, cfg.vit.weights, cfg.data.image_size).to(device)
     if enc == "ldae":
         return load_run(run_dir, use_ema=use_ema, device=device)[1]
     if enc == "random":

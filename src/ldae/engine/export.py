@@ -48,8 +48,15 @@ def _patch_map(den) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fold(den, t: int, blocks: int, image_size: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """timm state dict and constructor keywords of the first ``blocks`` blocks at fixed ``t``."""
+def fold(den, t: int, blocks: int, image_size: int, layer_scale: bool = False
+         ) -> tuple[dict[str, torch.Tensor], dict]:
+    """timm state dict and constructor keywords of the first ``blocks`` blocks at fixed ``t``.
+
+    ``layer_scale``: keep each gate as a timm LayerScale vector (``ls1``/``ls2.gamma``, the
+    model built with ``init_values``) instead of folding it into ``attn.proj``/``mlp.fc2``. Same
+    function; what fine-tuning uses, since folded gates (~0.1) shrink those Linears ~10x and
+    AdamW's steps, about lr in size whatever the weight's scale, would then be ~10x too large
+    for them relative to the rest."""
     net = den.backbone.float().cpu().eval()
     if not 1 <= blocks <= net.depth:
         raise ConfigError(f"--blocks {blocks} must be in [1, {net.depth}] for this model.")
@@ -68,20 +75,35 @@ def fold(den, t: int, blocks: int, image_size: int) -> tuple[dict[str, torch.Ten
         q = f"blocks.{i}."
         sd[q + "norm1.weight"], sd[q + "norm1.bias"] = 1 + scale_a, shift_a
         sd[q + "attn.qkv.weight"], sd[q + "attn.qkv.bias"] = blk.attn.qkv.weight, blk.attn.qkv.bias
-        sd[q + "attn.proj.weight"] = gate_a[:, None] * blk.attn.proj.weight
-        sd[q + "attn.proj.bias"] = gate_a * blk.attn.proj.bias
         sd[q + "norm2.weight"], sd[q + "norm2.bias"] = 1 + scale_m, shift_m
         sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc1.bias"] = blk.mlp.fc1.weight, blk.mlp.fc1.bias
-        sd[q + "mlp.fc2.weight"] = gate_m[:, None] * blk.mlp.fc2.weight
-        sd[q + "mlp.fc2.bias"] = gate_m * blk.mlp.fc2.bias
+        if layer_scale:
+            sd[q + "attn.proj.weight"], sd[q + "attn.proj.bias"] = blk.attn.proj.weight, blk.attn.proj.bias
+            sd[q + "mlp.fc2.weight"], sd[q + "mlp.fc2.bias"] = blk.mlp.fc2.weight, blk.mlp.fc2.bias
+            sd[q + "ls1.gamma"], sd[q + "ls2.gamma"] = gate_a, gate_m
+        else:
+            sd[q + "attn.proj.weight"] = gate_a[:, None] * blk.attn.proj.weight
+            sd[q + "attn.proj.bias"] = gate_a * blk.attn.proj.bias
+            sd[q + "mlp.fc2.weight"] = gate_m[:, None] * blk.mlp.fc2.weight
+            sd[q + "mlp.fc2.bias"] = gate_m * blk.mlp.fc2.bias
     sd = {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
-    heads = net.blocks[0].attn.heads
     mlp_ratio = net.blocks[0].mlp.fc1.out_features / net.width
-    kwargs = {"img_size": image_size, "patch_size": p, "in_chans": C, "num_classes": 0,
-              "global_pool": "avg", "embed_dim": net.width, "depth": blocks, "num_heads": heads,
-              "mlp_ratio": mlp_ratio, "qkv_bias": True, "class_token": False,
-              "no_embed_class": True, "final_norm": False, "fc_norm": False}
-    return sd, kwargs
+    return sd, vit_kwargs(net.width, net.blocks[0].attn.heads, mlp_ratio, blocks, image_size, p, C,
+                          layer_scale)
+
+
+def vit_kwargs(width: int, heads: int, mlp_ratio: float, blocks: int, image_size: int,
+               patch_size: int, channels: int, layer_scale: bool = False) -> dict:
+    """timm ``VisionTransformer`` keywords of a folded encoder: no class token, average pool,
+    no final norm, no head (the feature is the plain token average of block k's output);
+    ``layer_scale`` adds LayerScale after each branch (gamma 1 at timm's init: a plain ViT)."""
+    kw = {"img_size": image_size, "patch_size": patch_size, "in_chans": channels,
+          "num_classes": 0, "global_pool": "avg", "embed_dim": width, "depth": blocks,
+          "num_heads": heads, "mlp_ratio": mlp_ratio, "qkv_bias": True, "class_token": False,
+          "no_embed_class": True, "final_norm": False, "fc_norm": False}
+    if layer_scale:
+        kw["init_values"] = 1.0
+    return kw
 
 
 def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool = True) -> dict:
@@ -105,4 +127,4 @@ def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool
     return info
 
 
-__all__ = ["fold", "export", "TIMM_CALL"]
+__all__ = ["fold", "export", "vit_kwargs", "TIMM_CALL"]

@@ -39,7 +39,10 @@ equal a single fast run at that setting. Outputs ``eval/linprobe-sweep.{json,md,
 
 Encoders (``linprobe.encoder``): ``ldae`` (the trained denoiser), ``random`` (the same architecture
 at random init; the caller builds it with ``engine.common.build_random``), ``pixels`` (the
-flattened [-1, 1] image, 3 H W dims, no network: t and noisy do not apply).
+flattened [-1, 1] image, 3 H W dims, no network: t and noisy do not apply), ``vit`` (an encoder from
+outside the run, ``models.vit.VitEncoder``: an ``ldae export`` dir, whose t and depth are baked in,
+or any timm ViT checkpoint, pooled its own way; ``ldae linprobe --from SRC [--weights FILE]``), so
+other encoders go through the same probe.
 
 Outputs in ``run_dir/eval/``: ``linprobe.json`` (``linprobe-{encoder}.json`` for the baselines,
 so the three sit side by side), the selected head's weights and BN statistics
@@ -67,6 +70,7 @@ from ..config import Config
 from ..data import BatchAugment, BatchStream, build_dataset, epoch_permutation, iterate_in_order, to_float
 from ..dist import Runtime, setup
 from ..logging import MetricsLog, progress
+from ..models.vit import VitEncoder
 from ..optim import LARS, scaled_lr, set_lr, warmup_cosine
 
 BN_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6)
@@ -95,10 +99,19 @@ def out_stem(encoder: str) -> str:
 
 
 def probe_blocks(cfg: Config, denoiser: nn.Module | None) -> list[int]:
-    """[k]: ``linprobe.blocks`` if set, else the model's encoder split; [] for pixels."""
+    """[k]: ``linprobe.blocks`` if set, else the model's encoder split; [] for pixels; an outside
+    ViT's own depth (its blocks are all encoder)."""
     if denoiser is None:
         return []
+    if isinstance(denoiser, VitEncoder):
+        return [denoiser.depth]
     return [cfg.linprobe.blocks or denoiser.backbone.encoder_blocks]
+
+
+def feature_dim(cfg: Config, denoiser: nn.Module | None) -> int:
+    if denoiser is None:
+        return 3 * cfg.data.image_size ** 2
+    return denoiser.width if isinstance(denoiser, VitEncoder) else denoiser.backbone.width
 
 
 # --------------------------------------------------------------------------- head
@@ -137,6 +150,9 @@ def encode(denoiser: nn.Module | None, x: torch.Tensor, cfg: Config, rt: Runtime
     if denoiser is None:
         return [x.flatten(1).float()]
     lp = cfg.linprobe
+    if isinstance(denoiser, VitEncoder):  # fixed t and depth are baked into the export
+        with torch.no_grad(), rt.autocast():
+            return [denoiser(x).float()]
     with torch.no_grad():
         return denoiser.features(x, lp.t, blocks, noisy=lp.noisy, generator=generator,
                                  autocast=rt.autocast())
@@ -185,7 +201,7 @@ def extract_features(denoiser: nn.Module | None, dataset, cfg: Config, rt: Runti
 
 
 # ------------------------------------------------------------------------- training
-def _accuracy_counts(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[int, int]:
+def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[int, int]:
     top = logits.topk(k, dim=1).indices  # (B, k)
     hit = top == y[:, None]
     return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
@@ -203,7 +219,7 @@ def evaluate(probe: LinearProbe, batches: Iterator[tuple[torch.Tensor, torch.Ten
     n = 0
     for f, y in batches:
         for i, logits in enumerate(probe(f)):
-            a, b = _accuracy_counts(logits, y, k)
+            a, b = accuracy_counts(logits, y, k)
             c1[i] += a
             c5[i] += b
         n += y.shape[0]
@@ -312,7 +328,7 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
     d, lp = cfg.data, cfg.linprobe
     augment = BatchAugment("random_resized", lp.rrc_scale, hflip=True)
     stream = iter(BatchStream(train_ds, batch, cfg.train.seed, num_workers=d.num_workers))
-    feat_dim = 3 * d.image_size ** 2 if denoiser is None else denoiser.backbone.width
+    feat_dim = feature_dim(cfg, denoiser)
     probe = LinearProbe(feat_dim, d.num_classes, len(lrs), cfg.train.seed).to(rt.device)
 
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,8 +360,8 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     if lp.encoder == "pixels":
         denoiser = None
     elif denoiser is None:
-        raise ValueError(f"linprobe.encoder={lp.encoder} needs a denoiser (build it with "
-                         "engine.common.load_run or build_random); only 'pixels' runs without one.")
+        raise ValueError(f"linprobe.encoder={lp.encoder} needs an encoder (engine.common.encoder_for "
+                         "builds it); only 'pixels' runs without one.")
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     stem = out_stem(lp.encoder)
@@ -379,14 +395,16 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     with atomic_path(head_path) as tmp:
         save_file(probe.head_state(best), str(tmp),
                   metadata={"encoder": lp.encoder, "blr": repr(blrs[best]), "lr": repr(lrs[best])})
-    pixels = denoiser is None
+    pixels, vit = denoiser is None, isinstance(denoiser, VitEncoder)
     rec = {
         "encoder": lp.encoder, "mode": "fast" if lp.fast else "full",
         "top1": results[best][0], "top5": results[best][1], "topk": min(TOPK, d.num_classes),
         "best_blr": blrs[best], "blr": blrs[best], "lr": lrs[best],
         "grid": [{"blr": b, "lr": lr, "top1": r[0], "top5": r[1]}
                  for b, lr, r in zip(blrs, lrs, results)],
-        "t": None if pixels else lp.t, "noisy": None if pixels else lp.noisy,
+        "t": None if pixels else (denoiser.meta.get("t") if vit else lp.t),
+        "noisy": None if pixels else lp.noisy,
+        "source": denoiser.source if vit else None,
         "blocks": blocks[0] if blocks else None, "feat_dim": feat_dim,
         "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs, "batch_size": batch,
         "batch_size_requested": lp.batch_size, "steps_per_epoch": steps_per_epoch,
@@ -454,6 +472,9 @@ def sweep_plan(cfg: Config, denoiser: nn.Module, defaults: bool = False) -> Swee
     from ..errors import ConfigError
 
     lp = cfg.linprobe
+    if isinstance(denoiser, VitEncoder):
+        raise ConfigError("the linprobe sweep varies t, noisy input and depth of the run's own "
+                          "denoiser; an exported or timm ViT has them fixed. Sweep the run dir.")
     if denoiser is None:
         raise ConfigError("the linprobe sweep needs a network encoder (linprobe.encoder=ldae or "
                           "random): t, noisy input and encoder blocks do not apply to pixels.")
@@ -740,4 +761,4 @@ def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | Non
 
 
 __all__ = ["run", "run_sweep", "sweep_plan", "extract_sweep", "extract_features", "encode",
-           "evaluate", "LinearProbe", "probe_blocks", "out_stem", "SweepPlan"]
+           "evaluate", "LinearProbe", "probe_blocks", "out_stem", "SweepPlan", "accuracy_counts"]

@@ -44,6 +44,30 @@ class NonFiniteLoss(LdaeError):
     pass
 
 
+class LossWindow:
+    """Step losses summed on the device between log lines (no host sync per step); ``flush``
+    gives the window's mean (averaged over processes) and img/s, and stops a non-finite run."""
+
+    def __init__(self, device: torch.device, batch: int):
+        self.sum = torch.zeros((), device=device)
+        self.batch, self.n, self.t0 = batch, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss
+        self.n += 1
+
+    def flush(self, rt: dist.Runtime, step: int, lr: float, last_good: Path | None, hint: str
+              ) -> tuple[float, float]:
+        mean = float(rt.all_reduce_mean(self.sum / self.n))
+        if not math.isfinite(mean):
+            raise NonFiniteLoss(f"non-finite loss {mean} in steps {step - self.n + 1}..{step} at lr "
+                                f"{lr:.3e}; the last good checkpoint is {last_good}. {hint}")
+        rate = self.n * self.batch / max(time.perf_counter() - self.t0, 1e-9)
+        self.sum.zero_()
+        self.n, self.t0 = 0, time.perf_counter()
+        return mean, rate
+
+
 @dataclass
 class Plan:
     """Derived quantities, computed once and written into metrics and the summary."""
@@ -54,14 +78,17 @@ class Plan:
     micro_batch: int  # per process and accumulation step
 
 
-def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
-    o = cfg.optim
+def make_plan(cfg: Config, n_images: int, world: int, section: str = "optim") -> Plan:
+    """Steps, warmup, peak lr and micro-batch of the schedule in ``cfg.<section>`` (``optim`` for
+    pretraining, ``finetune`` for fine-tuning: both have blr, batch_size, accum_steps, epochs,
+    warmup_epochs)."""
+    o = getattr(cfg, section)
     if o.batch_size > n_images:
-        raise ConfigError(f"optim.batch_size={o.batch_size} exceeds the {n_images} training images; "
-                          "lower optim.batch_size.")
+        raise ConfigError(f"{section}.batch_size={o.batch_size} exceeds the {n_images} training "
+                          f"images; lower {section}.batch_size.")
     if o.batch_size % (world * o.accum_steps) != 0:
-        raise ConfigError(f"optim.batch_size={o.batch_size} must be divisible by world size x "
-                          f"optim.accum_steps = {world} x {o.accum_steps}.")
+        raise ConfigError(f"{section}.batch_size={o.batch_size} must be divisible by world size x "
+                          f"{section}.accum_steps = {world} x {o.accum_steps}.")
     spe = n_images // o.batch_size
     local = o.batch_size // world
     return Plan(steps_per_epoch=spe, total_steps=max(1, round(o.epochs * spe)),
@@ -225,8 +252,7 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
     timer = Timer()
     start_step = trainer.step
-    window_loss = torch.zeros((), device=rt.device)
-    window_n, window_t0 = 0, time.perf_counter()
+    window = LossWindow(rt.device, B)
     last = {}
     while trainer.step < stop:
         xb, yb = next(stream)
@@ -240,25 +266,17 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
             trainer.compiled = False
             trainer.opt.zero_grad(set_to_none=True)
             loss = trainer.train_step(xb, yb, augment)
-        window_loss += loss
-        window_n += 1
+        window.add(loss)
         bar.update(B)
         s = trainer.step
         if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0:
-            mean_loss = float(rt.all_reduce_mean(window_loss / window_n))
             lr = trainer.opt.param_groups[0]["lr"]
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLoss(
-                    f"non-finite loss {mean_loss} in steps {s - window_n + 1}..{s} at lr {lr:.3e}; "
-                    f"the last good checkpoint is {checkpoint.latest(out)}. Lower optim.blr, enable "
-                    "optim.grad_clip, or check the data.")
-            dt = time.perf_counter() - window_t0
+            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
+                                           "enable optim.grad_clip, or check the data.")
             last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                    "loss": mean_loss, "lr": lr, "img_per_s": round(window_n * B / dt, 2)}
+                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)}
             log.write(last)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            window_loss.zero_()
-            window_n, window_t0 = 0, time.perf_counter()
         if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop):
             checkpoint.save(checkpoint.checkpoint_path(out, s), trainer.state())
             checkpoint.prune(out, cfg.train.keep_ckpts)
