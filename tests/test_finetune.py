@@ -140,6 +140,7 @@ def test_resume_is_exact_with_every_augmentation_on(tmp_path):
     steps = [json.loads(m)["step"] for m in metrics if "loss" in json.loads(m)]
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
     assert (tmp_path / "a" / "finetune-random" / "figures" / "finetune.png").is_file()
+    assert (tmp_path / "a" / "figures" / "finetune.png").is_file()  # the side-by-side plot
 
 
 def test_changed_config_refuses_to_resume(tmp_path):
@@ -302,33 +303,13 @@ def test_randaug_posterize_at_full_magnitude_gives_a_black_image_on_any_pillow()
     assert np.asarray(op(img)).max() == 192
 
 
-def _ddp_finetune(rank: int, world: int, port: int, out: str, overrides: list[str]) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from ldae.dist import teardown
-    from ldae.engine import finetune
-
-    try:
-        finetune.run(load_config(None, overrides), out)
-    finally:
-        teardown()
-
-
 @pytest.mark.slow
 def test_two_process_gloo_finetune_runs_and_evaluates_once(tmp_path):
     """DDP: each rank augments its half of the global batch, rank 0 evaluates and writes."""
-    import socket
+    from _ddp import spawn
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    over = BASE + FT + ["finetune.init=random", "finetune.epochs=1", "train.device=cpu"]
-    mp.spawn(_ddp_finetune, args=(2, port, str(tmp_path), over), nprocs=2, join=True)
+    spawn("finetune", tmp_path, BASE + FT + ["finetune.init=random", "finetune.epochs=1",
+                                             "train.device=cpu"])
     rec = json.loads((tmp_path / "eval" / "finetune-random.json").read_text())
     assert rec["world_size"] == 2 and rec["steps"] == 4
     evals = [json.loads(ln) for ln in (tmp_path / "finetune-random" / "metrics.jsonl").read_text()

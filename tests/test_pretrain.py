@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ldae import checkpoint
 from ldae.config import load_config
@@ -15,6 +12,8 @@ from ldae.diffusion.objective import build_denoiser
 from ldae.engine import pretrain
 from ldae.errors import ConfigError
 from ldae.tokenizers import PCATokenizer
+
+from _ddp import spawn
 
 TINY = ["data.source=synthetic", "data.image_size=8", "data.synthetic_size=64", "data.val_size=16",
         "model.name=test", "model.patch_size=4", "tokenizer.dim=4", "optim.batch_size=16",
@@ -114,30 +113,12 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
         pretrain.run(cfg, tmp_path / "nan")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str, overrides: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from ldae.dist import teardown
-
-    try:
-        pretrain.run(load_config(None, overrides), out)
-    finally:
-        teardown()
-
-
 @pytest.mark.slow
 def test_two_process_gloo_step_equals_one_process(tmp_path):
     over = TINY + ["optim.epochs=0.5", "optim.warmup_epochs=0", "data.crop=random_resized",
                    "train.device=cpu"]
     pretrain.run(load_config(None, over), tmp_path / "one")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), over), nprocs=2, join=True)
+    spawn("pretrain", tmp_path / "two", over)
     a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     assert a["step"] == b["step"] == 2
     for k in a["model"]:

@@ -85,6 +85,48 @@ def finetune_curves(work_dir: str | Path, title: str = "") -> Path | None:
     return out
 
 
+def finetune_comparison(run_dir: str | Path) -> Path | None:
+    """Every fine-tune of a run side by side (``eval/finetune*.json``: l-DAE init, random init,
+    outside ViTs): val top-1 per epoch, raw weights solid and EMA dashed, with the run's linear
+    probe as a reference line -> ``figures/finetune.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_path
+
+    run_dir = Path(run_dir)
+    recs = {f.stem: json.loads(f.read_text()) for f in sorted((run_dir / "eval").glob("finetune*.json"))}
+    recs = {k: r for k, r in recs.items() if r.get("curve")}
+    if not recs:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for i, (name, r) in enumerate(recs.items()):
+        colour = f"C{i}"
+        ep = [c["epoch"] for c in r["curve"]]
+        ax.plot(ep, [c["raw_top1"] for c in r["curve"]], marker="o", color=colour,
+                label=f"{r['init']} init, raw")
+        if r.get("ema"):
+            ax.plot(ep, [c["ema_top1"] for c in r["curve"]], ls="--", color=colour,
+                    label=f"{r['init']} init, EMA")
+    probe = run_dir / "eval" / "linprobe.json"
+    if probe.is_file():
+        lp = json.loads(probe.read_text())
+        ax.axhline(lp["top1"], color="gray", ls=":", label=f"linear probe ({lp['mode']}): {lp['top1']:.1f}")
+    split = next(iter(recs.values()))["eval_split"]
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel(f"top-1 (%) on {split}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"fine-tuning (App. B recipe), {run_dir.name}")
+    out = run_dir / "figures" / "finetune.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
+
+
 def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = None,
                 max_tiles: int = 64) -> Path:
     """Tokenizer filters (n, C, p, p) as a grid of RGB tiles (paper Fig. 4), each tile scaled

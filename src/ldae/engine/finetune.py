@@ -34,8 +34,9 @@ worker, MixUp/CutMix, drop path) comes from Python/NumPy/torch generators seeded
 bit (tested). A step is the same for any ``data.num_workers``; it depends on the world size.
 
 Files: ``RUN_DIR/<stem>/`` holds the fine-tuning run (config.yaml, checkpoints/, metrics.jsonl,
-figures/finetune.png) and ``RUN_DIR/eval/<stem>.json`` the result, with stem ``finetune``
-(init ldae), ``finetune-random`` or ``finetune-vit``.
+figures/finetune.png: loss and top-1 curves) and ``RUN_DIR/eval/<stem>.json`` the result, with
+stem ``finetune`` (init ldae), ``finetune-random`` or ``finetune-vit``;
+``RUN_DIR/figures/finetune.png`` draws every fine-tune of the run side by side.
 """
 from __future__ import annotations
 
@@ -434,9 +435,10 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         "run": str(work),
     }
     checkpoint.atomic_write_json(out / "eval" / f"{name}.json", rec)
-    from ..plots import finetune_curves
+    from ..plots import finetune_comparison, finetune_curves
 
     finetune_curves(work, title=f"fine-tune ({ft.init}) {out.name}")
+    finetune_comparison(out)
     return rec
 
 
