@@ -11,6 +11,11 @@ from typing import Any
 from tqdm import tqdm
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``metrics.jsonl``), blank lines skipped."""
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
 class MetricsLog:
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = False,
                  name: str = "metrics.jsonl"):

@@ -1,25 +1,42 @@
 """Plots that people would rather look at than tables; written into the run dir as PNG."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .checkpoint import atomic_path
+from .logging import read_jsonl
 
-def training_curves(run_dir: str | Path) -> Path | None:
-    """loss and lr against images seen, from ``metrics.jsonl`` -> ``figures/training.png``."""
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (110 dpi) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def training_curves(run_dir: str | Path) -> Path | None:
+    """loss and lr against images seen, from ``metrics.jsonl`` -> ``figures/training.png``."""
+    plt = pyplot()
     from matplotlib.ticker import EngFormatter
 
-    from .checkpoint import atomic_path
 
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = read_jsonl(path)
     rows = [r for r in rows if "images" in r and "loss" in r]
     if not rows:
         return None
@@ -37,28 +54,20 @@ def training_curves(run_dir: str | Path) -> Path | None:
     for ax in (a, b):
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     fig.suptitle(run_dir.name)
-    out = run_dir / "figures" / "training.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, run_dir / "figures" / "training.png")
 
 
 def finetune_curves(work_dir: str | Path, title: str = "") -> Path | None:
     """Fine-tuning: training loss against epochs, and eval top-1 of the raw and EMA weights,
     from ``metrics.jsonl`` -> ``figures/finetune.png``."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .checkpoint import atomic_path
 
     work_dir = Path(work_dir)
     path = work_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = read_jsonl(path)
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "raw_top1" in r]
     if not train:
@@ -78,25 +87,19 @@ def finetune_curves(work_dir: str | Path, title: str = "") -> Path | None:
     for ax in (a, b):
         ax.grid(alpha=0.3)
     fig.suptitle(title or work_dir.name)
-    out = work_dir / "figures" / "finetune.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, work_dir / "figures" / "finetune.png")
 
 
 def finetune_comparison(run_dir: str | Path) -> Path | None:
     """Every fine-tune of a run side by side (``eval/finetune*.json``: l-DAE init, random init,
     outside ViTs): val top-1 per epoch, raw weights solid and EMA dashed, with the run's linear
     probe as a reference line -> ``figures/finetune.png``."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .checkpoint import atomic_path
 
     run_dir = Path(run_dir)
+    import json
+
     recs = {f.stem: json.loads(f.read_text()) for f in sorted((run_dir / "eval").glob("finetune*.json"))}
     recs = {k: r for k, r in recs.items() if r.get("curve")}
     if not recs:
@@ -120,24 +123,16 @@ def finetune_comparison(run_dir: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"fine-tuning (App. B recipe), {run_dir.name}")
-    out = run_dir / "figures" / "finetune.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, run_dir / "figures" / "finetune.png")
 
 
 def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = None,
                 max_tiles: int = 64) -> Path:
     """Tokenizer filters (n, C, p, p) as a grid of RGB tiles (paper Fig. 4), each tile scaled
     to its own [min, max]; tiles past ``keep`` (the latent dim d) are drawn faded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
-    from .checkpoint import atomic_path
 
     f = filters.detach().float().cpu()[:max_tiles]
     n = f.shape[0]
@@ -157,8 +152,4 @@ def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = N
         ax.imshow(img, interpolation="nearest", alpha=1.0 if keep is None or i < keep else 0.35)
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

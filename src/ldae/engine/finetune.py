@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import random
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from .. import checkpoint, dist
 from ..config import Config
 from ..data import BatchStream, build_dataset, iterate_in_order, to_float
 from ..errors import ConfigError
-from ..logging import MetricsLog, Timer, progress
+from ..logging import MetricsLog, Timer, progress, read_jsonl
 from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_ids,
                           vit_layer_groups)
 from ..optim import ema_update, set_lr, warmup_cosine
@@ -367,7 +366,6 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     start_step = trainer.step
     window = LossWindow(rt.device, B)
     eval_steps = plan.steps_per_epoch * ft.eval_every if ft.eval_every else 0
-    curve: list[dict] = []
     last_eval: dict = {}
 
     def do_eval(s: int) -> dict:
@@ -409,8 +407,7 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     if not last_eval or last_eval["step"] != trainer.step:  # resumed at the end: evaluate now
         last_eval = do_eval(trainer.step)
     metrics = work / "metrics.jsonl"
-    if metrics.is_file():
-        curve = [r for r in map(json.loads, metrics.read_text().splitlines()) if "raw_top1" in r]
+    curve = [r for r in read_jsonl(metrics) if "raw_top1" in r] if metrics.is_file() else []
     steps_run = trainer.step - start_step
     groups = vit_layer_groups(enc.model)
     rec = {

@@ -620,10 +620,9 @@ def sweep_markdown(rec: dict) -> str:
 
 def sweep_figure(rec: dict, path: Path) -> Path:
     """Two panels: top-1 vs t (clean, noisy), top-1 vs encoder blocks; written atomically."""
-    import matplotlib
+    from ..plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     plan = rec["plan"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
@@ -652,10 +651,7 @@ def sweep_figure(rec: dict, path: Path) -> Path:
         ax.set_ylabel("linear-probe top-1 (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"App. A sweeps, encoder {rec['encoder']} (fast protocol)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | None = None,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint import atomic_path, atomic_write_json, atomic_write_text
+from ..checkpoint import atomic_write_json, atomic_write_text
 from ..config import Config, load_config, preset_names, read_preset
 from ..errors import ConfigError
 
@@ -453,18 +453,14 @@ def _sgn(v) -> str:
 
 def plot_all(out: Path, recs: list[dict]) -> None:
     """Fig. 6 (the trajectory), Tab. 2's plot and Fig. 5, paper beside ours, as PNG."""
-    import matplotlib
+    from ..plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by = {r["row"]: r for r in recs}
     figdir = out / "figures"
 
     def save(fig, name):
-        with atomic_path(figdir / f"{name}.png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+        save_png(fig, figdir / f"{name}.png")
 
     def paper(name):
         return _nan((_own_row(name).get("paper") or {}).get("acc"))
