@@ -73,6 +73,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if CKPT_RE.match(p.name))
 
 
+def step_of(path: str | Path) -> int | None:
+    """The training step in a checkpoint's file name (ckpt-00001234.pt -> 1234), else None."""
+    m = CKPT_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"ckpt-{step:08d}.pt"
 

@@ -10,6 +10,9 @@
     ldae trajectory    --scale debug|cifar10-cpu|cifar10-gpu|imagenet [--rows ROWS] [--out DIR]
                        [--full] [--list] [key=value ...]   (the paper's tables, row by row)
     ldae export        RUN_DIR [--t 10] [--blocks k] --out DIR   (a plain timm ViT)
+    ldae sample        RUN_DIR [--n N] [--sampler ddpm|ddim] [--steps S] [--guidance G] [--out DIR]
+    ldae fid           RUN_DIR [--samples NPZ] [--weights INCEPTION_FILE] [--n N] [key=value ...]
+    ldae figures       RUN_DIR|TRAJECTORY_DIR [--out DIR] [--tokenizer FILE ...] [--t T ...]
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
@@ -93,11 +96,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=0, help="encoder depth k (default: the model's split)")
     p.add_argument("--out", required=True, help="output dir: model.safetensors + config.json")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA exists")
+    p = sub.add_parser("sample", help="generate images from a trained run (DDPM ancestral or DDIM, "
+                       "classifier-free guidance): samples.npz + grid.png")
+    p.add_argument("run_dir", help="a pretraining run dir")
+    _sample_args(p)
+    p.add_argument("--n", type=int, default=None, help="number of images (default sample.n = 64)")
+    p.add_argument("--out", default=None, help="output dir (default RUN_DIR/samples/<settings>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. sample.batch_size=512")
+    p = sub.add_parser("fid", help="FID of a run's samples against its training images "
+                       "(Inception-V3 from a local weights file)")
+    p.add_argument("run_dir", help="a pretraining run dir (its data config gives the reference set)")
+    p.add_argument("--samples", default=None, help="score this .npz instead of sampling the run "
+                   "(images uint8 (n, H, W, 3))")
+    p.add_argument("--weights", default=None, help="Inception-V3 FID weights file (= fid.weights)")
+    p.add_argument("--n", type=int, default=None, help="samples scored (= fid.n, default 10000)")
+    _sample_args(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. fid.ref_limit=10000 fid.cache_dir=DIR sample.batch_size=512")
+    p = sub.add_parser("figures", help="the paper's figures for a run or a trajectory: Fig. 3, 4, "
+                       "7, 8, training curves (and Fig. 5, 6, Tab. 2 for a trajectory)")
+    p.add_argument("target", help="a pretraining run dir or an `ldae trajectory` output dir")
+    p.add_argument("--out", default=None, help="output dir (default TARGET/figures)")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="FILE",
+                   help="another fitted tokenizer (.safetensors) to draw in Fig. 4 (repeatable)")
+    p.add_argument("--t", type=int, action="append", default=None,
+                   help="noise level(s) of Fig. 8 (repeatable; default: three levels)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
     p.add_argument("run_dir", nargs="?", default=None)
     return ap
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None,
+                   help="ddpm: ancestral (default); ddim: deterministic (sample.eta=0)")
+    p.add_argument("--steps", type=int, default=None, help="reverse steps (default 250)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale for class-conditional runs (1 = none)")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights even if EMA weights exist")
+
+
+def _run_config(args, extra: list[str]) -> "Config":  # noqa: F821
+    """The run dir's saved config, then the flags' overrides, then key=value overrides."""
+    from .config import load_config
+    from .engine.common import read_run_config
+
+    flags = [f"sample.{k}={v}" for k, v in (("sampler", args.sampler), ("steps", args.steps),
+                                            ("guidance", args.guidance)) if v is not None]
+    if args.no_ema:
+        flags.append("sample.ema=false")
+    base = read_run_config(Path(args.run_dir)).to_dict()
+    return load_config(None, flags + extra + list(args.overrides), base=base)
 
 
 def _load(args) -> "Config":  # noqa: F821
@@ -198,7 +249,14 @@ def cmd_info(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the flags (argparse stops the positional list at the
+    # first flag): collect them; anything else is a real error
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.cmd == "info":
             cmd_info(args)
@@ -239,6 +297,29 @@ def main(argv: list[str] | None = None) -> int:
                           use_ema=not args.no_ema)
             print(json.dumps({k: v for k, v in info.items() if k != "timm"}, indent=2))
             print(f"load with timm:\n  {info['timm']}")
+        elif args.cmd == "sample":
+            from .engine import sample
+
+            rec = sample.run(_run_config(args, []), Path(args.run_dir),
+                             out=Path(args.out) if args.out else None, n=args.n)
+            if os.environ.get("RANK", "0") == "0":
+                print(json.dumps(rec, indent=2))
+        elif args.cmd == "fid":
+            from .engine import fid
+
+            extra = ([f"fid.weights={args.weights}"] if args.weights else []) + \
+                    ([f"fid.n={args.n}"] if args.n else [])
+            cfg = _run_config(args, extra)
+            rec = fid.run(cfg, Path(args.run_dir), samples=Path(args.samples) if args.samples else None)
+            if os.environ.get("RANK", "0") == "0":
+                print(json.dumps(rec, indent=2))
+        elif args.cmd == "figures":
+            from .engine import figures
+
+            paths = figures.run(Path(args.target), out=Path(args.out) if args.out else None,
+                                tokenizers=[Path(t) for t in args.tokenizer], t=args.t,
+                                device=args.device)
+            print("\n".join(str(p) for p in paths))
         elif args.cmd == "trajectory":
             from .engine import trajectory
 

@@ -180,6 +180,32 @@ class VitConfig:
 
 
 @dataclass
+class SampleConfig:
+    """Generation from a trained run (``ldae sample``, and the samples ``ldae fid`` scores)."""
+    sampler: str = "ddpm"  # ddpm (ancestral, eta = 1) | ddim (eta below; 0 = deterministic)
+    steps: int = 250  # reverse steps, evenly spaced over [0, T-1] (DiT's respacing)
+    eta: float = 0.0  # ddim only: 0 = DDIM, 1 = the ancestral posterior variance
+    guidance: float = 1.0  # classifier-free guidance scale for class-conditional runs; 1 = none
+    n: int = 64  # images to generate (``ldae sample``)
+    batch_size: int = 256  # global batch of the sampler
+    seed: int = 0
+    ema: bool = True  # the EMA weights when the run has them
+    classes: str = "balanced"  # balanced (image i gets class i mod C) | random
+    grid: int = 100  # at most this many images in the PNG grid
+
+
+@dataclass
+class FidConfig:
+    """FID (Heusel et al. 2017) of a run's samples against its training images (Tab. 1)."""
+    weights: str = ""  # local Inception-V3 FID weights file (TF 2015-12-05, torch-fidelity/pytorch-fid format)
+    n: int = 10000  # samples scored (the paper: 50,000)
+    ref_split: str = "train"  # the reference images: this split of the run's data
+    ref_limit: int = 0  # at most this many reference images (0 = the whole split)
+    batch_size: int = 100  # Inception batch
+    cache_dir: str = ""  # reference statistics cache; "" = $LDAE_CACHE or ~/.cache/ldae, then /fid
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -190,6 +216,8 @@ class Config:
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     vit: VitConfig = field(default_factory=VitConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    fid: FidConfig = field(default_factory=FidConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -224,6 +252,9 @@ def _choices() -> dict[str, list[str]]:
         "train.device": ["auto", "cpu", "cuda"],
         "linprobe.encoder": ["ldae", "random", "pixels", "vit"],
         "finetune.init": ["ldae", "random", "vit"],
+        "sample.sampler": ["ddpm", "ddim"],
+        "sample.classes": ["balanced", "random"],
+        "fid.ref_split": ["train", "val"],
     }
 
 
@@ -477,6 +508,15 @@ def validate(cfg: Config) -> None:
           "probe the run dir instead (linprobe.encoder=ldae).")
     _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
+    sp, fd = cfg.sample, cfg.fid
+    _need(1 <= sp.steps <= cfg.diffusion.num_steps,
+          f"sample.steps={sp.steps} must be in [1, diffusion.num_steps={cfg.diffusion.num_steps}].")
+    _need(0.0 <= sp.eta <= 1.0, f"sample.eta={sp.eta} must be in [0, 1] (0 = DDIM, 1 = ancestral).")
+    _need(sp.guidance >= 0.0, f"sample.guidance={sp.guidance} must be >= 0 (1 = no guidance).")
+    _need(sp.n > 0 and sp.batch_size > 0 and sp.grid >= 0,
+          "sample.n and sample.batch_size must be > 0, sample.grid >= 0.")
+    _need(fd.n >= 2 and fd.batch_size > 0 and fd.ref_limit >= 0,
+          "fid.n must be >= 2, fid.batch_size > 0 and fid.ref_limit >= 0.")
     from .diffusion.objective import check_combination
     check_combination(cfg.diffusion)
     from .tokenizers import TOKENIZERS

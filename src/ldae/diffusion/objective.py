@@ -157,6 +157,35 @@ class Denoiser(nn.Module):
             parts["mse_rest"] = sq[..., d:].mean().detach() if sq.shape[-1] > d else sq.new_zeros(())
         return loss, parts
 
+    # --------------------------------------------------------------- generation
+    def net_input(self, zt: torch.Tensor) -> torch.Tensor:
+        """The backbone's input for a noisy latent: z_t itself, or decode(z_t) in image space."""
+        return zt if self.input_space == "latent" else self.tokenizer.decode(zt)
+
+    @torch.no_grad()
+    def predict_z0(self, zt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                   guidance: float = 1.0, net: nn.Module | None = None,
+                   autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+        """The network's estimate of the clean latent z0 from z_t at integer steps t (B,).
+
+        Class-conditional models take labels ``y`` (None = the null class). Classifier-free
+        guidance (Ho & Salimans 2022; DiT): out = out(null) + guidance * (out(y) - out(null)),
+        cond and null rows in one forward. Guidance is applied to the raw output; every target's
+        map to z0 is affine in it at fixed z_t, so guiding eps, z0 or the image is the same."""
+        inp, tc = self.net_input(zt), self.schedule.t_cond(t)
+        net = net if net is not None else self.backbone
+        guided = guidance != 1.0 and y is not None and self.backbone.y_embed is not None
+        if guided:
+            null = torch.full_like(y, self.backbone.y_embed.num_classes)
+            inp, tc, y = torch.cat([inp, inp]), torch.cat([tc, tc]), torch.cat([y, null])
+        with autocast or contextlib.nullcontext():
+            out = net(inp, tc, y).float()
+        if guided:
+            cond, uncond = out.chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        gamma, sigma = self.schedule.coefficients(t)
+        return self.target.to_z0(out, zt, gamma, sigma, self.tokenizer)
+
     # ----------------------------------------------------------------- transfer
     def encoder_input(self, x: torch.Tensor, t: int, noisy: bool = False,
                       generator: torch.Generator | None = None) -> torch.Tensor:

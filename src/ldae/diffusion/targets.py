@@ -38,12 +38,22 @@ class Target:
         """Per-dimension weights of the residual in the loss basis; None means all ones."""
         return None
 
+    def to_z0(self, out: torch.Tensor, zt: torch.Tensor, gamma: torch.Tensor, sigma: torch.Tensor,
+              tokenizer: torch.nn.Module) -> torch.Tensor:
+        """The clean latent z0 (B, L, d) that the network's output ``out`` stands for, given the
+        noisy latent ``zt`` and the (B,) coefficients of its step. What samplers and Fig. 8 use."""
+        raise NotImplementedError
+
 
 class Eps(Target):
     name = "eps"
 
     def value(self, b: Batch) -> torch.Tensor:
         return b.eps
+
+    def to_z0(self, out, zt, gamma, sigma, tokenizer):
+        """z0 = (z_t - sigma_t eps) / gamma_t (Eq. 1 inverted); undefined where gamma_t = 0."""
+        return (zt - sigma[:, None, None] * out) / gamma[:, None, None]
 
 
 class Z0(Target):
@@ -52,16 +62,27 @@ class Z0(Target):
     def value(self, b: Batch) -> torch.Tensor:
         return b.z0
 
+    def to_z0(self, out, zt, gamma, sigma, tokenizer):
+        return out
 
-class ImagePCA(Target):
-    name, space = "image_pca", "image"
+
+class ImageTarget(Target):
+    space = "image"
+
+    def to_z0(self, out, zt, gamma, sigma, tokenizer):
+        """The predicted image tokens, tokenized again: z0 = encode(x0_hat)."""
+        return tokenizer.encode(tokenizer.to_image(out))
+
+
+class ImagePCA(ImageTarget):
+    name = "image_pca"
 
     def value(self, b: Batch) -> torch.Tensor:
         return b.tokenizer.decode(b.z0)
 
 
-class Image(Target):
-    name, space = "image", "image"
+class Image(ImageTarget):
+    name = "image"
 
     def value(self, b: Batch) -> torch.Tensor:
         return b.x0

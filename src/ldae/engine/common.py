@@ -69,11 +69,12 @@ def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "
     if path is None:
         raise CheckpointError(f"{run_dir}/checkpoints holds no checkpoint; train with `ldae pretrain`.")
     state = checkpoint.load(path)
-    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    which = "ema" if use_ema and state.get("ema") else "model"
     try:
-        den.backbone.load_state_dict(weights, strict=True)
+        den.backbone.load_state_dict(state[which], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the model of {run_dir}/config.yaml: {e}") from None
+    den.loaded_from = {"checkpoint": str(path), "step": checkpoint.step_of(path), "weights": which}
     return cfg, den.to(device).eval()
 
 

@@ -128,7 +128,9 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
     if path is not None and (out / "config.yaml").exists():
         changed = diff_configs(cfg, read_run_config(out))
         ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
-                     "train.device", "train.threads", "data.num_workers")
+                     "train.device", "train.threads", "data.num_workers",
+                     # evaluation settings do not change the pretraining
+                     "linprobe.", "finetune.", "vit.", "sample.", "fid.")
         changed = [c for c in changed if not c.startswith(ignorable)]
         if changed:
             raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
