@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from unittest import mock
-
 import numpy as np
 import pytest
 import torch
@@ -81,21 +79,9 @@ def test_streamed_moments_equal_numpy():
 
 
 # ----------------------------------------------------------------------- the network
-def _random_inception_file(path):
-    """torch-fidelity's Inception-V3 at random init, saved in the real weights file's format."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
-
-    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
-                    lambda *a, **k: {}), \
-            mock.patch.object(Net, "load_state_dict", lambda self, *a, **k: None):
-        net = Net("x", ["2048"])
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
-    return _random_inception_file(tmp_path_factory.mktemp("inception") / "inception.pth")
+    return fid.write_standin_weights(tmp_path_factory.mktemp("inception") / "inception.pth")
 
 
 def test_inception_is_built_from_a_local_file(inception_file, tmp_path):

@@ -103,6 +103,10 @@ def test_run_dir_layout_and_refusals(tmp_path):
         pretrain.run(cfg, out)  # existing run, neither --resume nor --force
     with pytest.raises(ConfigError, match="optim.blr"):
         pretrain.run(tiny("optim.blr=1e-3"), out, resume="auto")  # changed config
+    # evaluation settings do not change the pretraining: resuming with them changed is fine
+    pretrain.run(tiny("linprobe.t=20", "sample.steps=10", "fid.n=100", "finetune.blr=1e-2"), out,
+                 resume="auto", max_steps=4)
+    assert checkpoint.latest(out).name == "ckpt-00000004.pt"
     pretrain.run(cfg, out, force=True, max_steps=1)
     assert checkpoint.latest(out).name == "ckpt-00000001.pt"
 

@@ -194,3 +194,31 @@ def test_runner_refuses_a_row_dir_run_with_another_config(tmp_path):
     assert res[0]["status"] == "failed" and "optim.blr" in res[0]["reason"]
     res = tj.run("debug", out, "fig5-pixel-32", QUICK, show=lambda s: None)  # unchanged: cached
     assert res[0]["status"] == "done (cached)"
+
+
+def test_tab1_rows_score_fid_when_given_weights_and_the_table_shows_it(tmp_path, monkeypatch):
+    from ldae.engine import fid
+
+    calls = []
+
+    def fake_fid(cfg, run_dir, **kw):
+        calls.append((cfg.fid.n, run_dir))
+        (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+        (run_dir / "eval" / "fid-x.json").write_text(json.dumps({"fid": 12.5, "n": cfg.fid.n}))
+        return {"fid": 12.5, "n": cfg.fid.n}
+
+    monkeypatch.setattr(fid, "run", fake_fid)
+    row = tj.build_row("tab1-linear-gamma2", "debug", ["fid.weights=w.pth", "fid.n=8"])
+    tab3 = tj.build_row("tab3-ldae", "debug", ["fid.weights=w.pth"])
+    out = tmp_path / "t"
+    run_dir = out / "rows" / row.name
+    tj._row_fid(tab3, tab3.cfg, out / "rows" / tab3.name, print)
+    tj._row_fid(tj.build_row(row.name, "debug"), row.cfg.__class__(), run_dir, print)  # no weights
+    assert calls == []  # only Tab. 1 rows, and only with fid.weights
+    tj._row_fid(row, row.cfg, run_dir, print)
+    tj._row_fid(row, row.cfg, run_dir, print)  # already scored with this n: not redone
+    assert calls == [(8, run_dir)]
+    recs = tj.records([row], {row.name: {"status": "done"}}, out)
+    assert recs[0]["fid"] == 12.5 and recs[0]["fid_n"] == 8
+    (out / "trajectory.json").write_text(json.dumps({"scale": "debug"}))
+    assert "| 12.50 (8) |" in tj.results_markdown("debug", recs, out)

@@ -1,9 +1,11 @@
 """``ldae demo``: the main job on the embedded default data, end to end.
 
 fit the PCA tokenizer -> pretrain an l-DAE -> linear-probe its encoder (fast mode) -> probe the
-same architecture at random init and raw pixels through the same code -> print and write a
-report. Default data: scikit-learn's bundled digits (real images that ship with a dependency).
-Rerunning resumes: a finished pretraining is not redone.
+same architecture at random init and raw pixels through the same code -> draw the paper's figures
+(``ldae figures``: Fig. 3, 4, 7, 8 and the training curves, into ``OUT/figures``) -> print and
+write ``report.md`` (the probe table, then every figure with a one-line caption). Default data:
+scikit-learn's bundled digits (real images that ship with a dependency). Rerunning resumes: a
+finished pretraining is not redone.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..dist import setup
-from . import linprobe, pretrain
+from . import figures, linprobe, pretrain
 from .common import encoder_for
 
 ENCODERS = ("ldae", "random", "pixels")
@@ -30,7 +32,9 @@ def probe_all(cfg: Config, out: Path, encoders=ENCODERS) -> dict[str, dict]:
     return results
 
 
-def report(cfg: Config, out: Path, summary: dict, results: dict[str, dict]) -> str:
+def report(cfg: Config, out: Path, summary: dict, results: dict[str, dict],
+           figure_paths: list[Path] | None = None, captions: dict | None = None) -> str:
+    """report.md: the probe table, then ``figure_paths`` embedded (links relative to ``out``)."""
     names = {"ldae": "l-DAE encoder (pretrained)", "random": "same encoder, random init",
              "pixels": "raw pixels"}
     mode = results["ldae"].get("mode", "?")
@@ -51,6 +55,8 @@ def report(cfg: Config, out: Path, summary: dict, results: dict[str, dict]) -> s
     margin = results["ldae"]["top1"] - results["random"]["top1"]
     lines += ["", f"l-DAE minus random init: {margin:+.2f} points top-1; l-DAE minus raw pixels: "
               f"{results['ldae']['top1'] - results['pixels']['top1']:+.2f}.", ""]
+    if figure_paths:
+        lines += [figures.summary_markdown(figure_paths, out, captions), ""]
     return "\n".join(lines)
 
 
@@ -58,7 +64,9 @@ def run(cfg: Config, out: Path) -> dict:
     out = Path(out)
     summary = pretrain.run(cfg, out, resume="auto")
     results = probe_all(cfg, out)
-    text = report(cfg, out, summary, results)
+    captions: dict = {}
+    paths = figures.run(out, captions=captions)  # a few images on the CPU: seconds
+    text = report(cfg, out, summary, results, paths, captions)
     atomic_write_text(out / "report.md", text)
     print("\n" + text)
     print(f"report: {out / 'report.md'}")

@@ -168,6 +168,26 @@ def inception(weights: str | Path, device: torch.device) -> Extractor:
                       "weights": str(path), "sha256": digest})
 
 
+def write_standin_weights(path: str | Path, seed: int = 0) -> Path:
+    """torch-fidelity's Inception-V3 at random init, saved in the real weights file's format.
+
+    For plumbing checks where the real file cannot be had (tests, machines without internet):
+    everything but the weights is the real pipeline. An FID from this file means nothing."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
+
+    torch.manual_seed(seed)
+    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
+                    lambda *a, **k: {}), \
+            mock.patch.object(Net, "load_state_dict", lambda self, *a, **k: None):
+        net = Net("inception-v3-compat", ["2048"])  # its constructor always loads: skip that
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
+    return path
+
+
 @contextlib.contextmanager
 def full_fp32():
     """FID convs and matmuls in true fp32 (no TF32) on CUDA, as the reference implementation."""

@@ -342,7 +342,8 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     out = Path(out)
     name = stem(ft.init)
     work = out / name
-    resume_from = prepare_run_dir(cfg, work, resume, force, rt.is_main)
+    resume_from = prepare_run_dir(cfg, work, resume, force, rt.is_main,
+                                  ignore=("linprobe.", "sample.", "fid."))
     train_ds = build_dataset(cfg, cfg.data.train_split)
     eval_ds = build_dataset(cfg, cfg.data.eval_split)
     plan = make_plan(cfg, len(train_ds), rt.world)

@@ -108,8 +108,14 @@ def step_generator(seed: int, step: int, stream: int, device: torch.device) -> t
     return g
 
 
-def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_main: bool) -> Path | None:
-    """Check the run dir before any work; return the checkpoint to resume from, if any."""
+#: settings that do not change what pretraining computes: a resume may change them
+EVAL_SECTIONS = ("linprobe.", "finetune.", "vit.", "sample.", "fid.")
+
+
+def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_main: bool,
+                    ignore: tuple[str, ...] = EVAL_SECTIONS) -> Path | None:
+    """Check the run dir before any work; return the checkpoint to resume from, if any.
+    A resume refuses a changed config, except run-time settings and the ``ignore`` prefixes."""
     has_state = (out / "config.yaml").exists() and checkpoint.latest(out) is not None
     if resume in (None, "none"):
         if has_state and not force:
@@ -128,9 +134,7 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
     if path is not None and (out / "config.yaml").exists():
         changed = diff_configs(cfg, read_run_config(out))
         ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
-                     "train.device", "train.threads", "data.num_workers",
-                     # evaluation settings do not change the pretraining
-                     "linprobe.", "finetune.", "vit.", "sample.", "fid.")
+                     "train.device", "train.threads", "data.num_workers", *ignore)
         changed = [c for c in changed if not c.startswith(ignorable)]
         if changed:
             raise ConfigError(f"--resume: the config differs from the run's config.yaml in "

@@ -242,7 +242,7 @@ def run_row(row: Row, out: Path, log) -> dict:
         cfg.tokenizer.path = str(out / "tokenizers" / tokenizer_key(cfg) / "tokenizer.safetensors")
     if (run_dir / CONFIG_FILE).is_file():  # a finished or interrupted row must be this row
         ignorable = ("train.threads", "train.device", "train.log_every", "train.ckpt_every",
-                     "train.keep_ckpts", "train.tensorboard", "data.num_workers", "linprobe.",
+                     "train.keep_ckpts", "train.tensorboard", "data.num_workers", "linprobe.", "sample.", "fid.",
                      "tokenizer.path")  # the tokenizer's own settings are compared key by key
         changed = [c for c in diff_configs(cfg, read_run_config(run_dir)) if not c.startswith(ignorable)]
         if changed:
@@ -251,6 +251,7 @@ def run_row(row: Row, out: Path, log) -> dict:
     res = _done(run_dir)
     summary_path = run_dir / "train_summary.json"
     if res is not None and summary_path.is_file():
+        _row_fid(row, cfg, run_dir, log)
         return {"status": "done (cached)", "probe": res, "pretrain": json.loads(summary_path.read_text())}
     if shared:
         _fit_tokenizer(cfg, out, log)
@@ -263,8 +264,36 @@ def run_row(row: Row, out: Path, log) -> dict:
     den = load_run(run_dir, use_ema=True, device=rt.device)[1]
     probe = linprobe.run(cfg, run_dir, den, rt)
     t2 = time.perf_counter()
+    _row_fid(row, cfg, run_dir, log)
     return {"status": "ran", "probe": probe, "pretrain": summary,
             "seconds": {"pretrain": round(t1 - t0, 1), "probe": round(t2 - t1, 1)}}
+
+
+def _row_fid(row: Row, cfg: Config, run_dir: Path, log) -> None:
+    """Tab. 1 reports FID beside accuracy: with ``fid.weights`` set, a Tab. 1 row also samples
+    ``fid.n`` images and scores them (``eval/fid-*.json``); a failure is reported, not fatal."""
+    if row.table != "tab1" or not cfg.fid.weights:
+        return
+    have = _fid_of(run_dir)
+    if have is not None and have["n"] >= cfg.fid.n:
+        return
+    from ..errors import LdaeError
+    from . import fid
+
+    try:
+        rec = fid.run(cfg, run_dir)
+        log(f"{row.name}: FID {rec['fid']:.2f} (n = {rec['n']})")
+    except LdaeError as e:
+        log(f"{row.name}: FID not computed: {e}")
+
+
+def _fid_of(run_dir: Path) -> dict | None:
+    """The newest ``eval/fid-*.json`` of a row: {"fid", "n"}, or None."""
+    files = sorted((run_dir / "eval").glob("fid-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    rec = json.loads(files[-1].read_text())
+    return {"fid": rec.get("fid"), "n": rec.get("n")}
 
 
 def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | None = None,
@@ -306,12 +335,40 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
             results[r.name] = {"status": "failed", "reason": str(e)}
             show(f"{r.name}: {e}")
         write_results(out, scale, _with_finished(out, scale, todo, overrides, results), results)
+    _fill_same_as(todo, results)
+    write_results(out, scale, _with_finished(out, scale, todo, overrides, results), results)
+    return [{"row": r.name, **results.get(r.name, {})} for r in todo]
+
+
+def _fill_same_as(todo: list[Row], results: dict[str, dict]) -> None:
+    """A ``same_as`` row reports the result of the row it reuses."""
     for r in todo:
         if r.same_as and not r.skip:
             src = results.get(r.same_as, {"status": "skipped", "reason": f"{r.same_as} did not run"})
             results[r.name] = {**src, "status": f"same as {r.same_as}"}
-    write_results(out, scale, _with_finished(out, scale, todo, overrides, results), results)
-    return [{"row": r.name, **results.get(r.name, {})} for r in todo]
+
+
+def load_records(out: Path) -> tuple[str, list[dict]]:
+    """(scale, result records) of a trajectory dir as it stands on disk, from ``trajectory.json``
+    and the rows' ``eval/linprobe.json``: what ``write_results`` tabulates and ``plot_all`` draws,
+    for redrawing the plots (``ldae figures``) without running anything."""
+    out = Path(out)
+    path = out / "trajectory.json"
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a trajectory dir: trajectory.json is missing. Give the --out "
+                          "folder of an `ldae trajectory` run.")
+    meta = json.loads(path.read_text())
+    scale, overrides = meta["scale"], list(meta.get("overrides") or [])
+    todo = [build_row(n, scale, overrides) for n in meta.get("rows") or []]
+    results: dict[str, dict] = {}
+    for r in todo:
+        if r.skip:
+            results[r.name] = {"status": "skipped", "reason": r.skip}
+        elif not r.same_as and (probe := _done(out / "rows" / r.name)) is not None:
+            results[r.name] = {"status": "done (cached)", "probe": probe,
+                               "pretrain": _summary(out / "rows" / r.name)}
+    _fill_same_as(todo, results)
+    return scale, records(_with_finished(out, scale, todo, overrides, results), results, out)
 
 
 def _with_finished(out: Path, scale: str, todo: list[Row], overrides: list[str],
@@ -355,7 +412,7 @@ def hardware(threads: int = 0) -> str:
 
 
 # ------------------------------------------------------------------------------------- results
-CSV_FIELDS = ("row", "table", "title", "paper_acc", "paper_fid", "top1", "top5", "status", "tokenizer",
+CSV_FIELDS = ("row", "table", "title", "paper_acc", "paper_fid", "top1", "top5", "fid", "fid_n", "status", "tokenizer",
               "d", "full_dim", "model", "epochs", "pretrain_s", "probe_s", "img_per_s", "final_loss",
               "probe_mode", "reason")
 
@@ -370,7 +427,8 @@ def _record(r: Row, res: dict) -> dict:
            "full_dim": 3 * c.model.patch_size ** 2 if c else "", "model": c.model.name if c else "",
            "epochs": c.optim.epochs if c else "", "pretrain_s": pre.get("wall_seconds"),
            "probe_s": probe.get("seconds"), "img_per_s": pre.get("img_per_s"),
-           "final_loss": pre.get("final_loss"), "probe_mode": probe.get("mode", "")}
+           "final_loss": pre.get("final_loss"), "probe_mode": probe.get("mode", ""),
+           "fid": (res.get("fid") or {}).get("fid"), "fid_n": (res.get("fid") or {}).get("n")}
     return rec
 
 
@@ -382,8 +440,20 @@ def _fmt(v, nd: int = 1) -> str:
     return str(v)
 
 
+def records(rows: list[Row], results: dict[str, dict], out: Path | None = None) -> list[dict]:
+    """One flat record per row (the CSV's fields), in ``rows`` order; with ``out``, each row's
+    measured FID (``rows/<row>/eval/fid-*.json``) too."""
+    def res(r):
+        got = dict(results.get(r.name, {}))
+        if out is not None and (f := _fid_of(out / "rows" / r.name)) is not None:
+            got["fid"] = f
+        return got
+
+    return [_record(r, res(r)) for r in rows]
+
+
 def write_results(out: Path, scale: str, rows: list[Row], results: dict[str, dict]) -> None:
-    recs = [_record(r, results.get(r.name, {})) for r in rows]
+    recs = records(rows, results, out)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -413,8 +483,8 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
         by_table.setdefault(rec["table"], []).append(rec)
     for table, rs in by_table.items():
         lines += [f"## {TABLES.get(table, table)}", "",
-                  "| row | system | d | paper acc | paper FID | ours top-1 | ours top-5 | Δ vs parent: paper / ours | status |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| row | system | d | paper acc | paper FID | ours top-1 | ours top-5 | ours FID (n) | Δ vs parent: paper / ours | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for rec in rs:
             delta = "—"
             prev = by_name.get(_parent(rec["row"]))
@@ -425,8 +495,10 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
                     agree = "" if dp is None or do is None else (" ✓" if dp * do > 0 else " ✗")
                     delta = f"{_sgn(dp)} / {_sgn(do)}{agree}"
             status = rec["status"] + (f": {_first_sentence(rec['reason'])}" if rec["reason"] else "")
+            fid_n = f" ({rec['fid_n']})" if rec["fid_n"] else ""
             lines.append(f"| `{rec['row']}` | {rec['title']} | {_fmt(rec['d'])} | {_fmt(rec['paper_acc'])} | "
                          f"{_fmt(rec['paper_fid'])} | {_fmt(rec['top1'], 2)} | {_fmt(rec['top5'], 2)} | "
+                         f"{_fmt(rec['fid'], 2)}{fid_n} | "
                          f"{delta} | {status} |")
         lines.append("")
     figs = [f for f in ("trajectory", "tab2", "fig5") if (out / "figures" / f"{f}.png").is_file()]
@@ -451,16 +523,19 @@ def _sgn(v) -> str:
     return "—" if v is None else f"{v:+.1f}"
 
 
-def plot_all(out: Path, recs: list[dict]) -> None:
-    """Fig. 6 (the trajectory), Tab. 2's plot and Fig. 5, paper beside ours, as PNG."""
+def plot_all(out: Path, recs: list[dict], figdir: Path | None = None) -> list[Path]:
+    """Fig. 6 (the trajectory), Tab. 2's plot and Fig. 5, paper beside ours, as PNG into
+    ``figdir`` (default ``out/figures``); returns the files written (a plot without data is not
+    drawn)."""
     from ..plots import pyplot, save_png
 
     plt = pyplot()
     by = {r["row"]: r for r in recs}
-    figdir = out / "figures"
+    figdir = Path(figdir) if figdir is not None else out / "figures"
+    written: list[Path] = []
 
     def save(fig, name):
-        save_png(fig, figdir / f"{name}.png")
+        written.append(save_png(fig, figdir / f"{name}.png"))
 
     def paper(name):
         return _nan((_own_row(name).get("paper") or {}).get("acc"))
@@ -522,6 +597,7 @@ def plot_all(out: Path, recs: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, "fig5")
+    return written
 
 
 def _all_rows() -> set[str]:
@@ -550,4 +626,4 @@ def describe(scale: str, rows: str | None = None, overrides: list[str] | None = 
 
 
 __all__ = ["row_names", "build_row", "select", "run", "describe", "tokenizer_key", "load_scale",
-           "TABLES"]
+           "load_records", "plot_all", "TABLES"]
