@@ -8,9 +8,12 @@
 #                   (<= 90 s each), presets in order of importance, the rest skipped when
 #                   the time is spent
 #   (d) trajectory  issue 3's rows at scale cifar10-gpu on the CIFAR-10 subset carried in
-#                   .gpu/ (<= $TRAJ_S s, default 240); run the device call with carry [".gpu"]
+#                   .gpu/ (<= $TRAJ_S s, default 200); run the device call with carry [".gpu"]
 #   (e) finetune    App. B on the l-DAE row of (d), then the same ViT from random init, a few
 #                   epochs each (<= $FT_S s each, default 45); results into $OUT_DIR/ft-*.json
+#   (f) generate    pretrain preset dit-digits (class-conditional DiT) and sample a guided grid
+#                   (<= $GEN_S s, default 45) -> $OUT_DIR/dit-digits-grid.png; FID when
+#                   $FID_WEIGHTS names the Inception weights file (it cannot be downloaded there)
 #
 # A step that fails or times out prints "FAILED" and the next one still runs; the exit status is
 # the number of failed steps. Logs (env, tests, throughput, ... as logs.tgz), throughput.json, the
@@ -91,7 +94,7 @@ run_step throughput $((LEFT + 10)) "$PY" bench/throughput.py --sweep --sweep-bud
 # (d) a short real CIFAR-10 run: the trajectory rows of issue 3 at scale cifar10-gpu, on the
 #     class-balanced subset carried in .gpu/ (bench/cifar_subset.py: 20,000 train + the 5,000 val
 #     images; ../shared does not travel to the GPU machine). Skipped when the subset is absent.
-TRAJ_S="${TRAJ_S:-240}"
+TRAJ_S="${TRAJ_S:-200}"
 SUB=.gpu/cifar10-sub.npz
 if [ -f "$SUB" ]; then
     run_step unpack 60 "$PY" bench/cifar_subset.py unpack "$SUB" /tmp/cifar10-sub
@@ -116,6 +119,15 @@ if [ -f "$SUB" ]; then
 else
     echo "=== [trajectory] skipped: no $SUB (python bench/cifar_subset.py pack ../shared/data/cifar10 $SUB)"
 fi
+
+# (f) generation: the class-conditional DiT of preset dit-digits (bundled digits), then a
+#     guided DDPM grid (one column per class); FID too when $FID_WEIGHTS names the Inception file
+GEN_S="${GEN_S:-45}"
+run_step generate "$GEN_S" bash -c "\"$PY\" -m ldae.cli pretrain -c dit-digits --out /tmp/dit-digits --force \
+    && \"$PY\" -m ldae.cli sample /tmp/dit-digits --guidance 3 --out /tmp/dit-digits-samples \
+    && { [ -z \"${FID_WEIGHTS:-}\" ] || \"$PY\" -m ldae.cli fid /tmp/dit-digits --guidance 3 \
+         --weights \"$FID_WEIGHTS\"; }"
+[ -f /tmp/dit-digits-samples/grid.png ] && cp /tmp/dit-digits-samples/grid.png "$OUT_DIR/dit-digits-grid.png"
 
 echo
 echo "=== gpu_check summary ($((SECONDS - START)) s in all; logs in $OUT_DIR/logs.tgz)"

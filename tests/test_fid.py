@@ -90,6 +90,7 @@ def test_inception_is_built_from_a_local_file(inception_file, tmp_path):
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     f = ex.fn(x)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+    assert (f[0] - f[1]).abs().mean() > 1e-3  # the stand-in's features are not degenerate
     assert ex.info["sha256"] == fid.sha256(path) and ex.ident.startswith("inception-v3-compat-")
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="does not fit"):
@@ -144,7 +145,7 @@ def test_fid_end_to_end_with_cache(run_dir, tmp_path):
     assert rec["n"] == 20 and rec["n_ref"] == 48 and rec["fid"] >= 0
     assert rec["sampling"]["sampler"] == "ddpm" and rec["sampling"]["steps"] == 3
     assert not rec["reference"]["cached"]
-    saved = json.loads((run_dir / "eval" / f"fid-{sample.tag(cfg)}.json").read_text())
+    saved = json.loads((run_dir / "eval" / f"fid-{sample.tag(cfg, 'model')}.json").read_text())  # no EMA
     assert saved["fid"] == rec["fid"] and saved["reference"]["split"] == "train"
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     ex.calls.clear()

@@ -29,6 +29,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -177,14 +178,21 @@ def write_standin_weights(path: str | Path, seed: int = 0) -> Path:
 
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
 
-    torch.manual_seed(seed)
     with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
                     lambda *a, **k: {}), \
             mock.patch.object(Net, "load_state_dict", lambda self, *a, **k: None):
         net = Net("inception-v3-compat", ["2048"])  # its constructor always loads: skip that
+    # torch's default conv init shrinks activations ~10x per layer: by pool3 the features are
+    # ~1e-7 and every FID reads 0. He-normal weights (std sqrt(2 / fan_in), the ReLU-preserving
+    # scale) keep them O(0.1) and different across images.
+    g = torch.Generator().manual_seed(seed)
+    state = net.state_dict()
+    for k, v in state.items():
+        if v.ndim == 4:
+            state[k] = torch.randn(v.shape, generator=g) * math.sqrt(2.0 / v[0].numel())
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(net.state_dict(), tmp)
+        torch.save(state, tmp)
     return path
 
 

@@ -6,7 +6,7 @@ From a **run dir** (``ldae pretrain``) into ``OUT`` (default ``RUN/figures``):
   ``diffusion.objective.SCHEDULES`` at the run's T, the run's own schedule drawn bold.
 - ``fig4-filters-<name>.png``  Fig. 4: the tokenizer's encoder filters as RGB tiles, each scaled
   to its own [min, max]: the first 16 rows of V (PCA: the first 16 of its D principal
-  components, those past d faded; patch AE/VAE: its d rows; conv VAE: the 16 largest 3x3 filters
+  components, the d the run keeps framed; patch AE/VAE: its d rows; conv VAE: the 16 largest 3x3 filters
   of its first conv, which is not a patch projection). The pixel tokenizer has no filters: skipped.
 - ``fig7-noise.png``  Fig. 7: clean | pixel noise x + sigma eps | what the tokenizer keeps of x,
   decode(encode(x)) | latent noise decode(encode(x) + sigma eps), the l-DAE's image-space input;

@@ -36,12 +36,16 @@ from .common import load_run
 SAMPLES_FILE, META_FILE, GRID_FILE = "samples.npz", "samples.json", "grid.png"
 
 
-def tag(cfg: Config) -> str:
-    """The folder name of a sample set: what decides its images (n excepted)."""
+def tag(cfg: Config, weights: str | None = None, cond: bool | None = None) -> str:
+    """The folder name of a sample set: what decides its images (n excepted). ``weights``: the
+    weights actually loaded ("ema" or "model"; default: what ``sample.ema`` asks for); ``cond``:
+    whether the model is class-conditional (default: ``model.class_cond``)."""
     s = cfg.sample
     eta = f"-eta{s.eta:g}" if s.sampler == "ddim" else ""
-    return (f"{s.sampler}{s.steps}{eta}-g{s.guidance:g}-{'ema' if s.ema else 'raw'}-{s.classes}"
-            f"-seed{s.seed}")
+    w = weights or ("ema" if s.ema else "model")
+    cond = cfg.model.class_cond if cond is None else cond
+    return (f"{s.sampler}{s.steps}{eta}-g{s.guidance:g}-{'ema' if w == 'ema' else 'raw'}"
+            f"-{s.classes if cond else 'uncond'}-seed{s.seed}")
 
 
 def labels_for(n: int, num_classes: int, classes: str, seed: int) -> torch.Tensor:
@@ -169,7 +173,8 @@ def run(cfg: Config, run_dir: Path, out: Path | None = None, n: int | None = Non
     if den.backbone.y_embed is None and cfg.sample.guidance != 1.0 and rt.is_main:
         print(f"ldae sample: the run is unconditional; sample.guidance={cfg.sample.guidance:g} "
               "has no effect", file=sys.stderr)
-    out = Path(out) if out else run_dir / "samples" / tag(cfg)
+    out = Path(out) if out else run_dir / "samples" / tag(cfg, den.loaded_from["weights"],
+                                                          den.backbone.y_embed is not None)
     meta = _meta(cfg, den, n, rt.world)
     if (out / META_FILE).is_file() and (out / SAMPLES_FILE).is_file():
         old = json.loads((out / META_FILE).read_text())
