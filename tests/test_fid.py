@@ -145,7 +145,7 @@ def test_fid_end_to_end_with_cache(run_dir, tmp_path):
     assert rec["n"] == 20 and rec["n_ref"] == 48 and rec["fid"] >= 0
     assert rec["sampling"]["sampler"] == "ddpm" and rec["sampling"]["steps"] == 3
     assert not rec["reference"]["cached"]
-    saved = json.loads((run_dir / "eval" / f"fid-{sample.tag(cfg, 'model')}.json").read_text())  # no EMA
+    saved = json.loads((run_dir / "eval" / f"fid-{sample.tag(cfg, 'model')}-n20.json").read_text())  # no EMA
     assert saved["fid"] == rec["fid"] and saved["reference"]["split"] == "train"
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     ex.calls.clear()

@@ -291,7 +291,7 @@ def run(cfg: Config, run_dir: Path | None, samples: Path | None = None,
         extractor: Extractor | None = None, rt: Runtime | None = None, show: bool = True) -> dict:
     """FID of ``samples`` (an .npz; default: ``fid.n`` samples of the run, made or reused with
     the ``sample.*`` settings) against the run's reference images. Writes
-    ``RUN_DIR/eval/fid-<sample tag>.json`` (or next to the samples file) and returns the record.
+    ``RUN_DIR/eval/fid-<sample tag>-n<n>.json`` (or next to the samples file) and returns the record.
 
     ``extractor`` replaces the Inception network (tests use a small stand-in for plumbing)."""
     from . import sample as sampling
@@ -333,7 +333,7 @@ def run(cfg: Config, run_dir: Path | None, samples: Path | None = None,
               "sampling": meta, "reference": ref, "network": extractor.info,
               "seconds": round(timer.elapsed(), 2), "device": str(rt.device)}
     if rt.is_main:
-        out = (Path(run_dir) / "eval" if run_dir is not None else samples.parent) / f"fid-{tag}.json"
+        out = (Path(run_dir) / "eval" if run_dir is not None else samples.parent) / f"fid-{tag}-n{n_s}.json"
         atomic_write_json(out, record)
         record["file"] = str(out)
     return record

@@ -288,12 +288,14 @@ def _row_fid(row: Row, cfg: Config, run_dir: Path, log) -> None:
 
 
 def _fid_of(run_dir: Path) -> dict | None:
-    """The newest ``eval/fid-*.json`` of a row: {"fid", "n"}, or None."""
-    files = sorted((run_dir / "eval").glob("fid-*.json"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return None
-    rec = json.loads(files[-1].read_text())
-    return {"fid": rec.get("fid"), "n": rec.get("n")}
+    """A row's FID with the most samples (the newest among equals): {"fid", "n"}, or None."""
+    best = None
+    for p in (run_dir / "eval").glob("fid-*.json"):
+        rec = json.loads(p.read_text())
+        key = (rec.get("n") or 0, p.stat().st_mtime)
+        if best is None or key > best[0]:
+            best = (key, {"fid": rec.get("fid"), "n": rec.get("n")})
+    return best[1] if best else None
 
 
 def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | None = None,
