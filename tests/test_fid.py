@@ -78,6 +78,27 @@ def test_streamed_moments_equal_numpy():
         one.finish()
 
 
+def test_reference_batches_stream_from_any_dataset():
+    """Array datasets are gathered, others (ImageFolder) go through a loader: the same images,
+    split over ranks without overlap, the limit respected."""
+    from ldae.data.datasets import ArrayDataset
+
+    imgs = torch.randint(0, 256, (11, 3, 4, 4), dtype=torch.uint8)
+    arr = ArrayDataset(imgs, torch.zeros(11, dtype=torch.long), ["a"])
+
+    class Plain(torch.utils.data.Dataset):  # no gather: the ImageFolder path
+        def __len__(self):
+            return 11
+
+        def __getitem__(self, i):
+            return imgs[i], 0
+
+    for ds in (arr, Plain()):
+        parts = [torch.cat(list(fid._dataset_shard(ds, 9, Runtime(r, 2, r, torch.device("cpu")), 4)))
+                 for r in range(2)]
+        assert torch.equal(torch.cat(parts), imgs[:9])
+
+
 # ----------------------------------------------------------------------- the network
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):

@@ -224,15 +224,33 @@ def moments(extractor: Extractor, batches: Iterable[torch.Tensor], n: int, rt: R
     return acc.finish()
 
 
-def _shard(images, rank: int, world: int, batch: int):
-    """uint8 (n, 3, H, W) tensor or (n, H, W, 3) array -> this rank's (B, 3, H, W) batches."""
-    n = len(images)
-    per = -(-n // world)
-    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
+def _my_range(n: int, rt: Runtime) -> tuple[int, int]:
+    """[lo, hi): this rank's contiguous share of n items."""
+    per = -(-n // rt.world)
+    return min(n, rt.rank * per), min(n, (rt.rank + 1) * per)
+
+
+def _shard(images: np.ndarray, rt: Runtime, batch: int):
+    """(n, H, W, 3) uint8 samples -> this rank's (B, 3, H, W) uint8 batches."""
+    lo, hi = _my_range(len(images), rt)
     for i in range(lo, hi, batch):
-        x = images[i:min(i + batch, hi)]
-        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2) if isinstance(x, np.ndarray) else x
-        yield x
+        yield torch.from_numpy(np.ascontiguousarray(images[i:min(i + batch, hi)])).permute(0, 3, 1, 2)
+
+
+def _dataset_shard(ds, n: int, rt: Runtime, batch: int, workers: int = 0):
+    """This rank's share of the first n images of a dataset, streamed as uint8 (B, 3, H, W)
+    batches (never the whole set in memory: an ImageFolder reference may be ImageNet)."""
+    from torch.utils.data import Subset
+
+    from ..data.loader import iterate_in_order
+
+    lo, hi = _my_range(n, rt)
+    if hasattr(ds, "gather"):
+        for i in range(lo, hi, batch):
+            yield ds.gather(torch.arange(i, min(i + batch, hi)))[0]
+        return
+    for xb, _ in iterate_in_order(Subset(ds, range(lo, hi)), batch, workers):
+        yield xb
 
 
 # -------------------------------------------------------------------- reference stats
@@ -266,11 +284,10 @@ def reference_stats(cfg: Config, extractor: Extractor, rt: Runtime, show: bool =
         except Exception as e:  # a corrupt cache entry is recomputed, never trusted
             print(f"ldae fid: ignoring unreadable cache {path} ({type(e).__name__})", file=sys.stderr)
     ds = build_dataset(cfg, cfg.fid.ref_split)
-    images = ds.images if hasattr(ds, "images") else torch.stack([ds[i][0] for i in range(len(ds))])
-    if cfg.fid.ref_limit:
-        images = images[: cfg.fid.ref_limit]
-    mu, sigma, n = moments(extractor, _shard(images, rt.rank, rt.world, cfg.fid.batch_size),
-                           len(images), rt, f"fid reference ({cfg.fid.ref_split})", show)
+    n_ref = min(len(ds), cfg.fid.ref_limit) if cfg.fid.ref_limit else len(ds)
+    mu, sigma, n = moments(extractor, _dataset_shard(ds, n_ref, rt, cfg.fid.batch_size,
+                                                     cfg.data.num_workers),
+                           n_ref, rt, f"fid reference ({cfg.fid.ref_split})", show)
     if rt.is_main:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -326,7 +343,7 @@ def run(cfg: Config, run_dir: Path | None, samples: Path | None = None,
                           "resolutions is not comparable.")
     extractor = extractor or inception(cfg.fid.weights, rt.device)
     mu_r, s_r, n_r, ref = reference_stats(cfg, extractor, rt, show)
-    mu_s, s_s, n_s = moments(extractor, _shard(images, rt.rank, rt.world, cfg.fid.batch_size),
+    mu_s, s_s, n_s = moments(extractor, _shard(images, rt, cfg.fid.batch_size),
                              len(images), rt, "fid samples", show)
     fid = frechet_distance(mu_s, s_s, mu_r, s_r)
     record = {"fid": round(fid, 4), "n": n_s, "n_ref": n_r, "samples": str(samples),
