@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_vs_timm.py
 	$(BIN)/python bench/linprobe.py
+	$(BIN)/python bench/pca.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

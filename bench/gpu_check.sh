@@ -3,6 +3,7 @@
 #
 #   (a) env         nvidia-smi; python, torch, CUDA, the device; the project's imports   (<= 20 s)
 #   (b) tests       python -m pytest tests/test_gpu.py -rs                                (<= 80 s)
+#                   then bench/pca.py on the GPU (PCA fit speed, into pca.log)            (<= 30 s)
 #   (c) throughput  python bench/throughput.py --sweep --json $OUT_DIR/throughput.json
 #                   with what is left of 225 s; each configuration in its own process
 #                   (<= 90 s each), presets in order of importance, the rest skipped when
@@ -86,6 +87,7 @@ export PY
 export -f env_report
 run_step env 20 bash -c env_report
 run_step tests 80 "$PY" -m pytest tests/test_gpu.py -rs -p no:cacheprovider
+run_step pca 30 "$PY" bench/pca.py --images 5000 --device cuda   # issue 6: < 1 min for 50,000
 LEFT=$((TOTAL_S - (SECONDS - START)))
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
 run_step throughput $((LEFT + 10)) "$PY" bench/throughput.py --sweep --sweep-budget "$LEFT" \

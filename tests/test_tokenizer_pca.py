@@ -88,10 +88,11 @@ def test_eigenvalues_descending_and_equal_projected_variance():
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
-def test_streaming_covariance_equals_numpy(offset):
+@pytest.mark.parametrize("dim", [5, 301])  # 301: the blocked upper-triangle update (D >= 256)
+def test_streaming_covariance_equals_numpy(offset, dim):
     g = np.random.default_rng(1)
-    data = g.normal(size=(300, 5)) @ g.normal(size=(5, 5)) + offset
-    acc = CovarianceAccumulator(5)
+    data = g.normal(size=(300, dim)) @ g.normal(size=(dim, dim)) / dim ** 0.5 + offset
+    acc = CovarianceAccumulator(dim)
     for lo, hi in [(0, 7), (7, 100), (100, 101), (101, 300)]:  # uneven chunks, one of a single row
         acc.update(torch.from_numpy(data[lo:hi]))
     mean, cov = acc.finish()
