@@ -127,3 +127,23 @@ def test_two_process_gloo_step_equals_one_process(tmp_path):
     assert a["step"] == b["step"] == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+
+
+def test_data_wait_share_is_logged_and_sees_a_slow_loader(tmp_path, monkeypatch):
+    """metrics.jsonl and the summary carry the share of wall time spent waiting for batches."""
+    import time
+
+    fast = pretrain.run(tiny(), tmp_path / "fast", max_steps=4)
+    lines = [json.loads(ln) for ln in (tmp_path / "fast" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= ln["data_wait"] <= 1.0 for ln in lines)
+    real = pretrain.BatchStream
+
+    class Slow(real):
+        def __iter__(self):
+            for item in super().__iter__():
+                time.sleep(0.2)
+                yield item
+
+    monkeypatch.setattr(pretrain, "BatchStream", Slow)
+    slow = pretrain.run(tiny(), tmp_path / "slow", max_steps=4)
+    assert slow["data_wait"] > 0.5 > fast["data_wait"]

@@ -260,8 +260,15 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     start_step = trainer.step
     window = LossWindow(rt.device, B)
     last = {}
+    # time the host spends waiting for the next batch, per log window and in all: on the CPU the
+    # share of the step lost to data; on CUDA an upper bound (queued GPU work may hide it)
+    wait_run = wait_win = 0.0
+    t_win = time.perf_counter()
     while trainer.step < stop:
+        t0 = time.perf_counter()
         xb, yb = next(stream)
+        waited = time.perf_counter() - t0
+        wait_run, wait_win = wait_run + waited, wait_win + waited
         try:
             loss = trainer.train_step(xb, yb, augment)
         except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
@@ -279,8 +286,11 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
             lr = trainer.opt.param_groups[0]["lr"]
             mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
                                            "enable optim.grad_clip, or check the data.")
+            now = time.perf_counter()
             last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)}
+                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
+                    "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
+            wait_win, t_win = 0.0, now
             log.write(last)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
         if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop):
@@ -295,6 +305,7 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                "epochs": round(trainer.step / plan.steps_per_epoch, 4), "images": trainer.step * B,
                "wall_seconds": round(wall, 2),
                "img_per_s": round(steps_run * B / wall, 2) if wall > 0 else None,
+               "data_wait": round(wait_run / wall, 4) if wall > 0 else None,
                "final_loss": last.get("loss"), "lr_peak": plan.lr, "world_size": rt.world,
                "device": str(rt.device), "params": den.backbone.num_params(),
                "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4)}
