@@ -13,6 +13,7 @@
     ldae sample        RUN_DIR [--n N] [--sampler ddpm|ddim] [--steps S] [--guidance G] [--out DIR]
     ldae fid           RUN_DIR [--samples NPZ] [--weights INCEPTION_FILE] [--n N] [key=value ...]
     ldae figures       RUN_DIR|TRAJECTORY_DIR [--out DIR] [--tokenizer FILE ...] [--t T ...]
+    ldae prepare-data  SRC DST [--size 256] [--splits train,val] [--workers N]   (pack an ImageFolder)
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
@@ -122,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=int, action="append", default=None,
                    help="noise level(s) of Fig. 8 (repeatable; default: three levels)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p = sub.add_parser("prepare-data", help="pack an ImageFolder (ImageNet layout) into "
+                       "pre-resized, center-cropped uint8 memory maps (data.source=packed)")
+    p.add_argument("src", help="folder with <split>/<class>/<image> (e.g. ImageNet's train/ and val/)")
+    p.add_argument("dst", help="output folder (then data.source=packed data.path=DST)")
+    p.add_argument("--size", type=int, default=256, help="stored image size (= data.image_size)")
+    p.add_argument("--splits", default="train,val", help="comma list of split folders to pack")
+    p.add_argument("--workers", type=int, default=0, help="decode processes (default: all cores)")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -320,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                                 tokenizers=[Path(t) for t in args.tokenizer], t=args.t,
                                 device=args.device)
             print("\n".join(str(p) for p in paths))
+        elif args.cmd == "prepare-data":
+            from .data.packed import prepare
+
+            meta = prepare(Path(args.src), Path(args.dst), args.size,
+                           [x for x in args.splits.split(",") if x], args.workers)
+            print(json.dumps(meta, indent=2))
+            print(f"use it with: data.source=packed data.path={args.dst} data.image_size={args.size} "
+                  f"data.num_classes={len(meta['classes'])}")
         elif args.cmd == "trajectory":
             from .engine import trajectory
 

@@ -9,6 +9,8 @@ Sources:
   official test set.
 - ``imagefolder``: ``path/<split>/<class>/*.jpg`` (ImageNet layout), decoded with Pillow, short
   side resized to the image size and center-cropped.
+- ``packed``: the output of ``ldae prepare-data`` (an ImageFolder decoded, resized and cropped
+  once into uint8 memory maps, ``data/packed.py``); the folder's own splits.
 - ``synthetic``: class-dependent random patterns, for tests only.
 
 Splits: ``train`` = all but the last ``val_size`` images of the training set, ``val`` = those last
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-SOURCES = ("digits", "npz", "cifar", "imagefolder", "synthetic")
+SOURCES = ("digits", "npz", "cifar", "imagefolder", "packed", "synthetic")
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -154,6 +156,10 @@ def build_dataset(cfg, split: str) -> Dataset:
         from .folder import ImageFolderDataset
 
         return ImageFolderDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit)
+    if d.source == "packed":
+        from .packed import PackedDataset
+
+        return PackedDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit)
     path = Path(d.path) if d.path else None
     if path is not None and not path.exists():
         raise DataError(f"data.path={path} does not exist; set data.path to the {d.source} data.")

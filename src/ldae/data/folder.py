@@ -39,18 +39,23 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                s = self.image_size / min(im.size)
-                w, h = max(self.image_size, round(im.size[0] * s)), max(self.image_size, round(im.size[1] * s))
-                im = im.resize((w, h), Image.BICUBIC)
-                left, top = (w - self.image_size) // 2, (h - self.image_size) // 2
-                im = im.crop((left, top, left + self.image_size, top + self.image_size))
-                arr = np.asarray(im, dtype=np.uint8)
-        except Exception as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), label
+        return torch.from_numpy(load_image(path, self.image_size)).permute(2, 0, 1), label
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """One image file -> uint8 (size, size, 3): RGB, short side resized to ``size`` (bicubic),
+    center-cropped. The one decode path of ImageFolder reads and of ``ldae prepare-data``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            s = size / min(im.size)
+            w, h = max(size, round(im.size[0] * s)), max(size, round(im.size[1] * s))
+            im = im.resize((w, h), Image.BICUBIC)
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.array(im, dtype=np.uint8)
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
