@@ -66,3 +66,23 @@ def test_console_script_runs_info():
     r = subprocess.run([sys.executable, "-m", "ldae.cli", "info"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "presets:" in r.stdout and "cifar10-cpu" in r.stdout
+
+
+def test_slurm_example_is_valid_bash_and_a_valid_ldae_command():
+    """examples/slurm-pretrain.sbatch parses, and the ldae command it launches parses with the
+    default preset (no SLURM needed: the command line is checked, not run)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from ldae.cli import build_parser
+    from ldae.config import load_config
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "slurm-pretrain.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    preset = re.search(r'PRESET="\$\{PRESET:-([\w-]+)\}"', text).group(1)
+    args = build_parser().parse_args(["pretrain", "-c", preset, "--out", "runs/x", "--resume", "auto",
+                                      "data.source=packed", "data.path=/data/in256"])
+    cfg = load_config(args.config, args.overrides, check=False)
+    assert cfg.data.source == "packed" and cfg.optim.batch_size > 0
