@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_vs_timm import hardware, hardware_line  # noqa: E402
 
 
 def make_folder(root: Path, n: int, seed: int = 0) -> None:
@@ -47,6 +51,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    hw = hardware(torch.device("cpu"))
+    print(hardware_line(hw))
     from ldae.data.folder import load_image
     from ldae.data.packed import PackedDataset, prepare
 
@@ -70,11 +76,11 @@ def main() -> None:
                 x, _ = ds.gather(order[i:i + a.batch])
                 x.contiguous()
             t_read = time.perf_counter() - t0
-    rec = {"cpu": platform.processor() or platform.machine(), "images": a.images, "size": a.size,
+    rec = {"hardware": hw, "images": a.images, "size": a.size,
            "jpeg_kb": round(jpeg_kb, 1), "packed_kb": round(a.size * a.size * 3 / 1024, 1),
            "imagefolder_img_per_s_per_process": round(a.images / t_decode, 1),
            "pack_img_per_s": round(a.images / t_pack, 1), "pack_workers": a.workers,
-           "packed_img_per_s_per_process": round(a.images / t_read, 1), "torch": torch.__version__}
+           "packed_img_per_s_per_process": round(a.images / t_read, 1)}
     print(json.dumps(rec, indent=2))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from ldae.tokenizers.pca import CovarianceAccumulator, PCATokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_vs_timm import hardware, hardware_line, sync  # noqa: E402
 
 
 def images(n: int, size: int, batch: int, device: str, seed: int = 0):
@@ -31,11 +35,6 @@ def images(n: int, size: int, batch: int, device: str, seed: int = 0):
         low = torch.rand(b, 3, 16, 16, generator=g, device=device) * 2 - 1
         x = torch.nn.functional.interpolate(low, size=size, mode="bicubic", align_corners=False)
         yield (x + 0.05 * torch.randn(x.shape, generator=g, device=device)).clamp(-1, 1)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -50,7 +49,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    dev = a.device
+    dev = torch.device(a.device)
+    hw = hardware(dev)
+    print(hardware_line(hw))
 
     batches = list(images(min(a.images, 4 * a.batch), a.size, a.batch, dev))  # warm-up data
     tok = PCATokenizer(a.patch, 16).to(dev)
@@ -76,13 +77,10 @@ def main() -> None:
     torch.linalg.eigh(cov)
     t_eigh = time.perf_counter() - t0
     per_img = t_acc / a.images
-    rec = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else
-           f"CPU {platform.processor() or platform.machine()}, {a.threads} thread(s)",
-           "images": a.images, "size": a.size, "patch": a.patch, "D": tok.full_dim,
+    rec = {"hardware": hw, "images": a.images, "size": a.size, "patch": a.patch, "D": tok.full_dim,
            "batch": a.batch, "accumulate_s": round(t_acc, 3), "eigh_s": round(t_eigh, 3),
            "img_per_s": round(a.images / t_acc, 1), "making_images_s": round(t_make, 3),
-           f"projected_{a.target}_s": round(per_img * a.target + t_eigh, 1),
-           "torch": torch.__version__}
+           f"projected_{a.target}_s": round(per_img * a.target + t_eigh, 1)}
     print(json.dumps(rec, indent=2))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

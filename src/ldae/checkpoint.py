@@ -66,6 +66,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                               "ldae loads only tensors and plain data.") from None
 
 
+def load_tensor_file(path: str | Path, hint: str = "") -> Any:
+    """The contents of a weights file from outside ldae: safetensors, or a torch file read with
+    ``weights_only=True`` (tensors and plain containers only; nothing that would run code).
+    Callers check that the file exists and what it holds; ``hint`` ends the error message."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} safely ({type(e).__name__}: {e}). It may be "
+                              "truncated or corrupt, or hold objects that would run code; ldae "
+                              f"loads only tensors and plain data.{' ' + hint if hint else ''}") from None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():

@@ -26,19 +26,20 @@ def save_png(fig, path: str | Path) -> Path:
     return path
 
 
+def _metrics(folder: Path) -> list[dict]:
+    """The records of ``folder/metrics.jsonl`` ([] when there is none)."""
+    path = folder / "metrics.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
 def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     """loss and lr against images seen, from ``metrics.jsonl`` -> ``figures/training.png``
     (or the file ``out``: ``ldae figures --out`` writes elsewhere without touching the run dir)."""
     plt = pyplot()
     from matplotlib.ticker import EngFormatter
 
-
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = read_jsonl(path)
-    rows = [r for r in rows if "images" in r and "loss" in r]
+    rows = [r for r in _metrics(run_dir) if "images" in r and "loss" in r]
     if not rows:
         return None
     imgs = [r["images"] for r in rows]
@@ -62,13 +63,8 @@ def finetune_curves(work_dir: str | Path, title: str = "") -> Path | None:
     """Fine-tuning: training loss against epochs, and eval top-1 of the raw and EMA weights,
     from ``metrics.jsonl`` -> ``figures/finetune.png``."""
     plt = pyplot()
-
-
     work_dir = Path(work_dir)
-    path = work_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = read_jsonl(path)
+    rows = _metrics(work_dir)
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "raw_top1" in r]
     if not train:

@@ -25,7 +25,6 @@ S1^1/2 S2 S1^1/2 (``eigh``, float64), which equals Tr (S1 S2)^1/2 of the usual f
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -39,7 +38,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_path, atomic_write_json
+from ..checkpoint import atomic_path, atomic_write_json, load_tensor_file
 from ..config import Config
 from ..dist import Runtime, setup
 from ..errors import CheckpointError, ConfigError
@@ -123,17 +122,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors or torch file, tensors only (no code runs)."""
     if not path.is_file():
         raise ConfigError(f"fid.weights={path} does not exist. {NO_WEIGHTS}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as tensors ({type(e).__name__}: {e}). It may be "
-                              "corrupt, or hold objects that would run code; ldae reads only "
-                              f"tensors. {NO_WEIGHTS}") from None
+    state = load_tensor_file(path, NO_WEIGHTS)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -313,7 +302,6 @@ def run(cfg: Config, run_dir: Path | None, samples: Path | None = None,
     ``extractor`` replaces the Inception network (tests use a small stand-in for plumbing)."""
     from . import sample as sampling
 
-    cfg = copy.deepcopy(cfg)
     if extractor is None:
         check(cfg)
     if samples is None and run_dir is None:

@@ -16,7 +16,6 @@ A finished ``samples.npz`` with the same settings and at least n images is reuse
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
@@ -168,8 +167,7 @@ def run(cfg: Config, run_dir: Path, out: Path | None = None, n: int | None = Non
     run_dir = Path(run_dir)
     n = int(n or cfg.sample.n)
     rt = rt or setup(cfg.train.device, cfg.train.threads)
-    cfg = copy.deepcopy(cfg)
-    cfg_run, den = load_run(run_dir, use_ema=cfg.sample.ema, device=rt.device)
+    _, den = load_run(run_dir, use_ema=cfg.sample.ema, device=rt.device)
     if den.backbone.y_embed is None and cfg.sample.guidance != 1.0 and rt.is_main:
         print(f"ldae sample: the run is unconditional; sample.guidance={cfg.sample.guidance:g} "
               "has no effect", file=sys.stderr)

@@ -111,16 +111,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"vit.weights={path}: no such file. Give a local checkpoint "
                           "(.safetensors or a torch file); ldae never downloads weights.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from ..checkpoint import load_tensor_file
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} safely ({type(e).__name__}: {e}); ldae loads "
-                              "only tensors and plain data.") from None
+    sd = load_tensor_file(path)
     if isinstance(sd, dict):
         for key in ("model_ema", "state_dict_ema", "state_dict", "model"):
             if isinstance(sd.get(key), dict):

@@ -132,15 +132,9 @@ def load_vgg16_features(path: str | Path) -> nn.Sequential:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"VGG16 weights file {path} does not exist (tokenizer.perceptual_weights).")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from ..checkpoint import load_tensor_file
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read VGG16 weights {path}: {e}") from None
+    sd = load_tensor_file(path, "(VGG16 weights, tokenizer.perceptual_weights)")
     with torch.device("meta"):
         net = _vgg16_features()
     want = net.state_dict().keys()
