@@ -287,6 +287,40 @@ def test_random_resized_crop_identity_box_returns_input(monkeypatch):
     assert torch.allclose(out, x, atol=1e-5)
 
 
+def test_random_resized_crop_from_a_larger_stored_image_is_an_area_average(monkeypatch):
+    """A full crop of a 2N-px stored image to N px is exactly a 2x2 average pool (anti-aliased),
+    not every other pixel."""
+    monkeypatch.setattr(transforms, "rrc_boxes", functools.partial(rrc_boxes, ratio=(1.0, 1.0)))
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = random_resized_crop(x, (1.0, 1.0), generator=torch.Generator().manual_seed(0), size=8)
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.allclose(out, torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+
+
+def test_random_resized_crop_upsampling_matches_torchvision(monkeypatch):
+    """A crop smaller than the output is torchvision's bilinear resized_crop (no antialias: it
+    only upsamples), box for box, inside a one-pixel border. On the border torchvision, which cuts
+    the crop out first, clamps to the crop's edge pixels; roi_align interpolates with the real
+    pixels just outside the box."""
+    from torchvision.transforms.v2 import functional as TF
+
+    box = torch.tensor([[2.0, 3.0, 12.0, 13.0]])  # x1, y1, x2, y2: a 10 x 10 crop to 12 px
+    monkeypatch.setattr(transforms, "rrc_boxes", lambda n, *a, **k: box.expand(n, 4))
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = random_resized_crop(x, (0.2, 1.0), size=12)
+    ref = TF.resized_crop(x, top=3, left=2, height=10, width=10, size=[12, 12],
+                          interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
+    assert torch.allclose(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=1e-5)
+    assert not torch.allclose(out, ref, atol=1e-3)
+
+
+def test_batch_augment_center_crops_a_larger_input():
+    x = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
+    out = BatchAugment("center", hflip=False, size=8)(x)
+    assert torch.equal(out, to_float(x[:, :, 2:10, 2:10]))
+    assert BatchAugment("random_resized", size=8)(x, torch.Generator().manual_seed(0)).shape == (2, 3, 8, 8)
+
+
 def test_random_resized_crop_deterministic_with_generator():
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     a = random_resized_crop(x, (0.2, 1.0), generator=torch.Generator().manual_seed(5))

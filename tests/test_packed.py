@@ -63,11 +63,30 @@ def test_pretraining_reads_a_packed_folder(folder, tmp_path):
     assert s["steps"] == 3 and np.isfinite(s["final_loss"])
 
 
+def test_packed_larger_than_the_image_size(folder, tmp_path):
+    """Stored at 12 px, trained at 8: the dataset gives the central 8 px (the evaluation view);
+    random resized crops see the whole stored image and come out at 8 px."""
+    main(["prepare-data", str(folder), str(tmp_path / "p12"), "--size", "12", "--workers", "1"])
+    base = ["data.source=packed", f"data.path={tmp_path / 'p12'}", "model.patch_size=4",
+            "data.num_classes=3", "data.train_split=train", "data.eval_split=val"]
+    ds = build_dataset(load_config(None, base + ["data.image_size=8"]), "train")
+    full = ds.full_view()
+    assert full.full and not ds.full  # a view: the dataset itself still center-crops
+    x, _ = ds.gather(torch.arange(4))
+    xf, _ = full.gather(torch.arange(4))
+    assert x.shape == (4, 3, 8, 8) and xf.shape == (4, 3, 12, 12)
+    assert torch.equal(x, xf[:, :, 2:10, 2:10]) and torch.equal(ds[1][0], x[1])
+    cfg = load_config(None, base + ["data.image_size=8", "data.crop=random_resized", "model.name=test",
+                                    "optim.batch_size=6", "optim.epochs=1", "optim.warmup_epochs=0"])
+    s = pretrain.run(cfg, tmp_path / "run")
+    assert s["steps"] == 3 and np.isfinite(s["final_loss"])
+
+
 def test_packed_refusals(folder, tmp_path, capsys):
     main(["prepare-data", str(folder), str(tmp_path / "p"), "--size", "8", "--workers", "1",
           "--splits", "train"])
     base = ["data.source=packed", f"data.path={tmp_path / 'p'}", "model.patch_size=4"]
-    with pytest.raises(DataError, match="repack with --size 16"):
+    with pytest.raises(DataError, match="below data.image_size=16.*repack with --size 16"):
         build_dataset(load_config(None, base + ["data.image_size=16"]), "train")
     with pytest.raises(DataError, match="not 'val'"):
         build_dataset(load_config(None, base + ["data.image_size=8"]), "val")

@@ -7,6 +7,11 @@ Layout of DST:
     <split>-images.u8         raw uint8 (n, size, size, 3), C order (np.memmap)
     <split>-labels.npy        int64 (n,)
 
+Stored larger than trained: pack at S > data.image_size (e.g. ``--size 292`` for 256 training,
+256 / 0.875) and the dataset yields the central data.image_size pixels (the standard "resize,
+center crop" evaluation view), while random resized crops (data.crop=random_resized, the probe's
+training crops) are drawn from the whole stored image (``full_images``).
+
 Why a memmap rather than a webdataset tar of JPEGs (bench/loader.py measures both costs): a
 batch is a gather of rows that the page cache serves at memory speed, with no decode per epoch
 and exact random access for the resumable batch order; the price is disk: 196 KB per 256-px
@@ -16,6 +21,7 @@ split equals the ImageFolder it came from, image for image.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .transforms import center_crop
 
 META = "meta.json"
 
@@ -101,9 +108,10 @@ class PackedDataset(torch.utils.data.Dataset):
         if split not in meta["splits"]:
             raise DataError(f"{root} holds splits {', '.join(meta['splits'])}, not '{split}'; set "
                             "data.train_split / data.eval_split, or pack that split.")
-        if meta["size"] != image_size:
-            raise DataError(f"{root} was packed at {meta['size']} px but data.image_size={image_size}; "
-                            f"set data.image_size={meta['size']} or repack with --size {image_size}.")
+        if meta["size"] < image_size:
+            raise DataError(f"{root} was packed at {meta['size']} px, below data.image_size="
+                            f"{image_size}; set data.image_size<={meta['size']} or repack with "
+                            f"--size {image_size} (or larger, for random resized crops).")
         if len(meta["classes"]) > num_classes:
             raise DataError(f"{root} has {len(meta['classes'])} classes but data.num_classes="
                             f"{num_classes}; set data.num_classes={len(meta['classes'])}.")
@@ -114,12 +122,32 @@ class PackedDataset(torch.utils.data.Dataset):
         if limit:
             self.images, self.labels = self.images[:limit], self.labels[:limit]
         self.classes = meta["classes"]
+        self.stored_size, self.image_size = s, image_size
+        self.full = False
+
+    def full_view(self) -> "PackedDataset":
+        """The same split yielding whole stored images (for random resized crops, which draw
+        their boxes on the stored image and resample to data.image_size)."""
+        view = copy.copy(self)
+        view.full = True
+        return view
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.full else center_crop(x, self.image_size)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1), int(self.labels[i])
+        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)
+        return self._crop(x).contiguous(), int(self.labels[i])
 
     def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.images[idx.numpy()]).permute(0, 3, 1, 2), self.labels[idx]
+        x = torch.from_numpy(self.images[idx.numpy()]).permute(0, 3, 1, 2)
+        return self._crop(x).contiguous(), self.labels[idx]
+
+
+def full_images(dataset):
+    """``dataset`` yielding its images at the stored size when that can exceed data.image_size
+    (packed), else ``dataset`` itself."""
+    return dataset.full_view() if hasattr(dataset, "full_view") else dataset

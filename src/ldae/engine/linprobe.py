@@ -67,7 +67,8 @@ from torch import nn
 
 from ..checkpoint import atomic_path, atomic_write_json, atomic_write_text
 from ..config import Config
-from ..data import BatchAugment, BatchStream, build_dataset, epoch_permutation, iterate_in_order, to_float
+from ..data import (BatchAugment, BatchStream, build_dataset, epoch_permutation, full_images,
+                    iterate_in_order, to_float)
 from ..dist import Runtime, setup
 from ..logging import MetricsLog, progress
 from ..models.vit import VitEncoder
@@ -326,8 +327,8 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
               lrs: list[float], log: MetricsLog) -> FitResult:
     """The protocol: the encoder re-run every step on a random resized crop + flip."""
     d, lp = cfg.data, cfg.linprobe
-    augment = BatchAugment("random_resized", lp.rrc_scale, hflip=True)
-    stream = iter(BatchStream(train_ds, batch, cfg.train.seed, num_workers=d.num_workers))
+    augment = BatchAugment("random_resized", lp.rrc_scale, hflip=True, size=d.image_size)
+    stream = iter(BatchStream(full_images(train_ds), batch, cfg.train.seed, num_workers=d.num_workers))
     feat_dim = feature_dim(cfg, denoiser)
     probe = LinearProbe(feat_dim, d.num_classes, len(lrs), cfg.train.seed).to(rt.device)
 

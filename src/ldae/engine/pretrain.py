@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import checkpoint, dist
 from ..config import Config, diff_configs
-from ..data import BatchAugment, BatchStream, build_dataset
+from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..diffusion.objective import Denoiser, Rows, build_denoiser
 from ..errors import ConfigError, LdaeError
 from ..logging import MetricsLog, Timer, progress
@@ -251,9 +251,10 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         if rt.is_main:
             print(f"{out}: pretraining already finished at step {trainer.step}; nothing to do.")
         return json.loads(done.read_text())
-    stream = iter(BatchStream(dataset, cfg.optim.batch_size, cfg.train.seed, rt.rank, rt.world,
+    source = full_images(dataset) if cfg.data.crop == "random_resized" else dataset
+    stream = iter(BatchStream(source, cfg.optim.batch_size, cfg.train.seed, rt.rank, rt.world,
                               start=trainer.step, num_workers=cfg.data.num_workers))
-    augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip)
+    augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip, cfg.data.image_size)
     B = cfg.optim.batch_size
     bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
     timer = Timer()
