@@ -44,6 +44,7 @@ class DataConfig:
     limit: int = 0  # use at most this many images of a split (0 = all); for quick runs
     num_workers: int = 0
     synthetic_size: int = 256  # images per split of the synthetic source (tests only)
+    on_bad_image: str = "error"  # error (stop, naming the file) | skip (count and list in the run dir)
 
 
 @dataclass
@@ -241,6 +242,7 @@ def _choices() -> dict[str, list[str]]:
     return {
         "data.source": sorted(SOURCES),
         "data.crop": ["center", "random_resized"],
+        "data.on_bad_image": ["error", "skip"],
         "model.name": list(MODEL_SIZES),
         "model.adaln": ["mlp4", "linear"],
         "tokenizer.name": sorted(TOKENIZERS),
