@@ -32,12 +32,21 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines past the checkpoint's step so the log has no duplicates."""
+        """On resume, drop lines past the checkpoint's step so the log has no duplicates, and any
+        line a killed process left half-written. Atomic: a kill here loses nothing."""
+        from .checkpoint import atomic_write_text
+
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                keep.append(ln)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

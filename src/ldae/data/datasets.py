@@ -17,10 +17,23 @@ Splits: ``train`` = all but the last ``val_size`` images of the training set, ``
 ``val_size`` (for CIFAR-10: 500 per class, the project's validation split), ``all`` = both.
 Array sources live in memory as one uint8 tensor; batches are gathered by index (no per-image
 Python work). Augmentation happens per batch on the device (``transforms.py``).
+
+Bad data, ``data.on_bad_image`` = ``error`` (default: stop with a DataError naming the file and
+the fix) or ``skip`` (leave it out, list it). Every dataset has ``skipped``: a list of
+``{"path" or "file", "reason"}`` of what was left out when it was built (``[]`` under ``error``).
+npz under ``skip``: a file that cannot be read, lacks ``images``/``labels``, has wrong shapes or
+dtypes, or whose images differ in shape from the first good file is left out; rows whose labels
+fall outside [0, num_classes) are dropped (one entry per file). ImageFolder: see ``folder.py``
+(zero-byte files and empty class folders when built, undecodable files when read). packed: what
+``ldae prepare-data --on-bad-image skip`` left out of that split (from its meta.json). digits,
+cifar and synthetic have nothing to skip. :func:`write_skip_log` / :func:`count_skipped` keep
+the list in a run's JSONL file.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
 
 import numpy as np
 import torch
@@ -31,13 +44,17 @@ from ..errors import DataError
 
 SOURCES = ("digits", "npz", "cifar", "imagefolder", "packed", "synthetic")
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+POLICIES = ("error", "skip")  # data.on_bad_image
+SKIP_HINT = "or set data.on_bad_image=skip to leave it out"
 
 
 class ArrayDataset(Dataset):
     """Images held in memory: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 skipped: list[dict] | None = None):
         self.images, self.labels, self.classes = images, labels, classes
+        self.skipped: list[dict] = list(skipped or [])
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -79,43 +96,90 @@ def _split(images: torch.Tensor, labels: torch.Tensor, split: str, val_size: int
     raise DataError(f"split '{split}' is not available for {name}; use train, val or all.")
 
 
-def _check_arrays(images: np.ndarray, labels: np.ndarray, where: str, num_classes: int) -> None:
+def _array_problem(images: np.ndarray, labels: np.ndarray) -> str | None:
+    """What is wrong with the shapes or dtypes of an (images, labels) pair, or None."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise DataError(f"{where}: 'images' must be uint8 of shape (N, H, W, 3); got "
-                        f"{images.dtype} {tuple(images.shape)}.")
+        return (f"'images' must be uint8 of shape (N, H, W, 3); got {images.dtype} "
+                f"{tuple(images.shape)}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0] or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{where}: 'labels' must be integers of shape (N,) with N = "
-                        f"{images.shape[0]}; got {labels.dtype} {tuple(labels.shape)}.")
+        return (f"'labels' must be integers of shape (N,) with N = {images.shape[0]}; got "
+                f"{labels.dtype} {tuple(labels.shape)}")
+    return None
+
+
+def _check_arrays(images: np.ndarray, labels: np.ndarray, where: str, num_classes: int,
+                  fix: str = "") -> None:
+    problem = _array_problem(images, labels)
+    if problem:
+        raise DataError(f"{where}: {problem}{'; ' + fix if fix else ''}.")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{where}: labels span [{labels.min()}, {labels.max()}] but "
-                        f"data.num_classes={num_classes}; labels must be in [0, {num_classes}).")
+                        f"data.num_classes={num_classes}; labels must be in [0, {num_classes})"
+                        f"{' (' + fix + ')' if fix else ''}.")
 
 
-def _load_npz(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_npz(path: Path, num_classes: int, on_bad_image: str = "error"
+              ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict]]:
+    """The concatenated arrays of ``path`` (a .npz file or a folder of them, sorted), their class
+    names and what ``on_bad_image=skip`` left out (``[]`` under ``error``, which raises)."""
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
         raise DataError(f"data.path={path}: no .npz file found; point it at a .npz file or a "
                         "folder of them (e.g. ../shared/data/cifar10).")
-    ims, labs, classes = [], [], []
+    skip = on_bad_image == "skip"
+    ims, labs, classes, skipped = [], [], [], []
+    first = None  # the first good file: its image shape is the shape of the dataset
+
+    def bad(f: Path, reason: str, fix: str) -> None:
+        if not skip:
+            raise DataError(f"{f}: {reason}; {fix}, {SKIP_HINT}.")
+        skipped.append({"file": str(f), "reason": reason})
+
     for f in files:
         try:
             with np.load(f, allow_pickle=False) as z:
-                if "images" not in z or "labels" not in z:
-                    raise DataError(f"{f}: needs arrays 'images' and 'labels'; found {list(z.keys())}.")
+                keys = list(z.keys())
+                if "images" not in keys or "labels" not in keys:
+                    bad(f, f"needs arrays 'images' and 'labels'; found {keys}",
+                        "write them under those names")
+                    continue
                 im, lab = z["images"], z["labels"]
-                if "class_names" in z and not classes:
-                    classes = [str(c) for c in z["class_names"]]
+                names = [str(c) for c in z["class_names"]] if "class_names" in keys else []
         except DataError:
             raise
         except Exception as e:
-            raise DataError(f"cannot read {f}: {e}") from None
-        _check_arrays(im, lab, str(f), num_classes)
+            if not skip:
+                raise DataError(f"cannot read {f}: {e}; replace or remove the file, "
+                                f"{SKIP_HINT}.") from None
+            skipped.append({"file": str(f), "reason": f"cannot read: {type(e).__name__}: {e}"})
+            continue
+        problem = _array_problem(im, lab)
+        if problem:
+            bad(f, problem, "rewrite the file in that format")
+            continue
+        if first is not None and im.shape[1:] != ims[0].shape[1:]:
+            bad(f, f"image shape {tuple(im.shape[1:])} differs from {tuple(ims[0].shape[1:])} of "
+                f"{first} (files disagree on image shape)", "store every file at one size")
+            continue
+        out = (lab < 0) | (lab >= num_classes)
+        if out.any():
+            if not skip:
+                more = (f"set data.num_classes={int(lab.max()) + 1} if they are classes, or "
+                        if lab.min() >= 0 else "")
+                _check_arrays(im, lab, str(f), num_classes,
+                              more + "set data.on_bad_image=skip to drop those rows")
+            skipped.append({"file": str(f), "reason": f"{int(out.sum())} labels out of range "
+                            f"[0, {num_classes}): rows dropped"})
+            im, lab = im[~out], lab[~out]
+        first = first or f
+        classes = classes or names
         ims.append(im)
         labs.append(lab)
-    shapes = {im.shape[1:] for im in ims}
-    if len(shapes) > 1:
-        raise DataError(f"data.path={path}: files disagree on image shape: {sorted(shapes)}.")
-    return np.concatenate(ims), np.concatenate(labs).astype(np.int64), classes
+    n = sum(len(x) for x in labs)
+    if n == 0:
+        raise DataError(f"data.path={path}: no usable images left ({len(skipped)} file(s) or rows "
+                        f"left out: {'; '.join(e['file'] + ': ' + e['reason'] for e in skipped[:3])}).")
+    return np.concatenate(ims), np.concatenate(labs).astype(np.int64), classes, skipped
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -155,7 +219,8 @@ def build_dataset(cfg, split: str) -> Dataset:
     if d.source == "imagefolder":
         from .folder import ImageFolderDataset
 
-        return ImageFolderDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit)
+        return ImageFolderDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit,
+                                  on_bad_image=d.on_bad_image)
     if d.source == "packed":
         from .packed import PackedDataset
 
@@ -163,10 +228,11 @@ def build_dataset(cfg, split: str) -> Dataset:
     path = Path(d.path) if d.path else None
     if path is not None and not path.exists():
         raise DataError(f"data.path={path} does not exist; set data.path to the {d.source} data.")
+    skipped: list[dict] = []
     if d.source == "digits":
         images, labels, classes = _load_digits()
     elif d.source == "npz":
-        images, labels, classes = _load_npz(path, d.num_classes)
+        images, labels, classes, skipped = _load_npz(path, d.num_classes, d.on_bad_image)
     elif d.source == "cifar":
         images, labels, classes = _load_cifar(path, split)
     elif d.source == "synthetic":
@@ -183,4 +249,48 @@ def build_dataset(cfg, split: str) -> Dataset:
     if d.limit:
         x, y = x[: d.limit], y[: d.limit]
     x = _resize_square(x.contiguous(), d.image_size)
-    return ArrayDataset(x.contiguous(), y.contiguous(), classes or [str(i) for i in range(d.num_classes)])
+    return ArrayDataset(x.contiguous(), y.contiguous(), classes or [str(i) for i in range(d.num_classes)],
+                        skipped)
+
+
+def write_skip_log(dataset: Dataset, path: str | Path) -> int:
+    """Append ``dataset.skipped`` (what was left out when it was built) to the JSONL file
+    ``path``, one ``{"path" or "file", "reason", ...}`` object a line, and, for a dataset that
+    finds bad files when it reads them (ImageFolder under data.on_bad_image=skip), set
+    ``dataset.skip_log = path`` so that each read-time skip is appended there too, from any
+    DataLoader worker. Returns the number of entries written now."""
+    from .folder import append_jsonl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = list(getattr(dataset, "skipped", []))
+    if entries:
+        append_jsonl(path, entries)
+    else:
+        path.touch()
+    if hasattr(dataset, "skip_log"):
+        dataset.skip_log = path
+    return len(entries)
+
+
+def read_skip_log(path: str | Path) -> list[dict]:
+    """The entries of a skip log, one per distinct path (or npz file), first seen first."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    seen: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:  # a line cut short by a killed process
+            continue
+        key = (e.get("path") or e.get("file")) if isinstance(e, dict) else None
+        if key is not None:
+            seen.setdefault(key, e)
+    return list(seen.values())
+
+
+def count_skipped(path: str | Path) -> int:
+    """How many distinct files (or npz files with dropped rows) the skip log ``path`` lists
+    (0 when it does not exist). Lines repeat when several ranks or workers log the same file."""
+    return len(read_skip_log(path))

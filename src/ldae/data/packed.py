@@ -2,8 +2,9 @@
 on disk, read back as memory maps (data.source=packed).
 
 Layout of DST:
-    meta.json                 {"size", "classes", "splits": {split: n}}   (written last: its
-                              presence means every split is complete)
+    meta.json                 {"size", "classes", "splits": {split: n}, "skipped": [{"split",
+                              "path", "reason"}], "num_skipped"}   (written last: its presence
+                              means every split is complete)
     <split>-images.u8         raw uint8 (n, size, size, 3), C order (np.memmap)
     <split>-labels.npy        int64 (n,)
 
@@ -18,9 +19,16 @@ and exact random access for the resumable batch order; the price is disk: 196 KB
 image against ~110 KB for a JPEG (ImageNet-1k train: ~250 GB vs ~140 GB). Decoding happens once,
 here, on ``workers`` processes, through the same ``load_image`` as ImageFolder reads, so a packed
 split equals the ImageFolder it came from, image for image.
+
+Bad files (``--on-bad-image``): under ``error`` (default) the first zero-byte file, empty class
+folder or file that does not decode stops the packing with a DataError naming it, and no
+meta.json is written (the folder stays "incomplete"). Under ``skip`` they are left out of the
+pack (empty class folders keep their class index) and listed in meta.json's ``skipped``; the
+packed dataset reports its split's share as ``skipped``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -39,14 +47,18 @@ def _paths(dst: Path, split: str) -> tuple[Path, Path]:
     return dst / f"{split}-images.u8", dst / f"{split}-labels.npy"
 
 
-def _load(args):
-    from .folder import load_image
+SKIP_HINT = "rerun with --on-bad-image skip"
 
-    return load_image(*args)
+
+def _load(args) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) or (None, why it failed): a worker never raises across processes."""
+    from .folder import try_load_image
+
+    return try_load_image(*args)
 
 
 def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0,
-            show: bool = True) -> dict:
+            show: bool = True, on_bad_image: str = "error") -> dict:
     """Pack ``src/<split>/<class>/*`` for each split into ``dst`` (see the module docstring)."""
     from multiprocessing import get_context
 
@@ -57,7 +69,9 @@ def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0
     src, dst = Path(src), Path(dst)
     if size <= 0:
         raise DataError(f"--size {size} must be > 0.")
-    folders = {s: ImageFolderDataset(src, s, size, 10 ** 9) for s in splits}  # checks before work
+    skip = on_bad_image == "skip"
+    folders = {s: ImageFolderDataset(src, s, size, 10 ** 9, on_bad_image=on_bad_image,
+                                     skip_hint=SKIP_HINT) for s in splits}  # checks before work
     classes = folders[splits[0]].classes
     for s, f in folders.items():
         if f.classes != classes:
@@ -66,32 +80,46 @@ def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0
     dst.mkdir(parents=True, exist_ok=True)
     (dst / META).unlink(missing_ok=True)  # incomplete until the end
     timer, counts = Timer(), {}
+    skipped = [{"split": s, **e} for s, f in folders.items() for e in f.skipped]
     workers = workers or max(1, (os.cpu_count() or 1))
     for s, f in folders.items():
         n = len(f)
         img_path, lab_path = _paths(dst, s)
         bar = progress(n, f"pack {s}", show)
-        with atomic_path(img_path) as tmp:
+        kept: list[int] = []
+        with atomic_path(img_path) as tmp, contextlib.ExitStack() as stack:
             out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
             jobs = [(p, size) for p, _ in f.samples]
             if workers > 1:
-                with get_context("spawn").Pool(workers) as pool:
-                    for i, arr in enumerate(pool.imap(_load, jobs, chunksize=32)):
-                        out[i] = arr
-                        bar.update(1)
+                pool = stack.enter_context(get_context("spawn").Pool(workers))
+                results = pool.imap(_load, jobs, chunksize=32)
             else:
-                for i, job in enumerate(jobs):
-                    out[i] = _load(job)
-                    bar.update(1)
+                results = map(_load, jobs)
+            for i, (arr, reason) in enumerate(results):
+                if arr is None:
+                    path = f.samples[i][0]
+                    if not skip:
+                        raise DataError(f"cannot read image {path} ({reason}); remove or repair "
+                                        f"it, or {SKIP_HINT} to leave it out. {dst} is left "
+                                        f"without {META} (incomplete).")
+                    skipped.append({"split": s, "path": str(path), "reason": reason})
+                else:
+                    out[len(kept)] = arr
+                    kept.append(i)
+                bar.update(1)
             out.flush()
             del out
+            if not kept:
+                raise DataError(f"no image of {src / s} could be decoded ({n} tried); check the files.")
+            if len(kept) < n:  # bad files left out: drop the unused rows at the end
+                os.truncate(tmp, len(kept) * size * size * 3)
         bar.close()
         with atomic_path(lab_path) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, f.labels.numpy().astype(np.int64))
-        counts[s] = n
+                np.save(fh, f.labels[kept].numpy().astype(np.int64))
+        counts[s] = len(kept)
     meta = {"size": size, "classes": classes, "splits": counts, "source": str(src.resolve()),
-            "seconds": round(timer.elapsed(), 2)}
+            "skipped": skipped, "num_skipped": len(skipped), "seconds": round(timer.elapsed(), 2)}
     atomic_write_json(dst / META, meta)
     return meta
 
@@ -122,6 +150,8 @@ class PackedDataset(torch.utils.data.Dataset):
         if limit:
             self.images, self.labels = self.images[:limit], self.labels[:limit]
         self.classes = meta["classes"]
+        # what prepare-data --on-bad-image skip left out of this split (chosen when packing)
+        self.skipped = [e for e in meta.get("skipped", []) if e.get("split") == split]
         self.stored_size, self.image_size = s, image_size
         self.full = False
 

@@ -65,10 +65,13 @@ def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "
     if tok is None:
         raise CheckpointError(f"{run_dir} has no {TOKENIZER_FILE}; the run never fitted its tokenizer.")
     den = build_denoiser(cfg, tok)
-    path = ckpt or checkpoint.latest(run_dir)
-    if path is None:
-        raise CheckpointError(f"{run_dir}/checkpoints holds no checkpoint; train with `ldae pretrain`.")
-    state = checkpoint.load(path)
+    if ckpt is not None:
+        path, state = ckpt, checkpoint.load(ckpt)
+    else:  # the newest that loads; a corrupt newer one is reported, left in place
+        found = checkpoint.load_latest(run_dir, set_aside=False)
+        if found is None:
+            raise CheckpointError(f"{run_dir}/checkpoints holds no checkpoint; train with `ldae pretrain`.")
+        state, path = found
     which = "ema" if use_ema and state.get("ema") else "model"
     try:
         den.backbone.load_state_dict(state[which], strict=True)

@@ -58,9 +58,10 @@ from ..logging import MetricsLog, Timer, progress, read_jsonl
 from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_ids,
                           vit_layer_groups)
 from ..optim import ema_update, set_lr, warmup_cosine
+from ..preempt import PreemptionGuard
 from .common import write_run_config
 from .linprobe import TOPK, accuracy_counts
-from .pretrain import LossWindow, Plan, prepare_run_dir
+from .pretrain import LossWindow, Plan, load_resume_state, prepare_run_dir
 from .pretrain import make_plan as pretrain_plan
 
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)
@@ -354,8 +355,10 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     rt.barrier()
     trainer = Trainer(cfg, enc, plan, rt)
     log = MetricsLog(work, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
-    if resume_from is not None:
-        trainer.load(checkpoint.load(resume_from, map_location=rt.device))
+    state = load_resume_state(work, resume, resume_from, rt)
+    if state is not None:
+        trainer.load(state)
+        del state
         log.truncate_after(trainer.step)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
     B = ft.batch_size
@@ -377,28 +380,38 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                     rec[f"{tag}_{k}"] = v
         return rec
 
-    while trainer.step < stop:
-        xb, yb = next(batches)
-        loss = trainer.train_step(xb, yb)
-        window.add(loss)
-        bar.update(B)
-        s = trainer.step
-        if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0:
-            lr = max(g["lr"] for g in trainer.opt.param_groups)  # the head's (layer scale 1)
-            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(work),
-                                           "Lower finetune.blr or check the data.")
-            log.write({"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                       "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)})
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if (eval_steps and s % eval_steps == 0) or s == stop:
-            if rt.is_main:
-                last_eval = do_eval(s)
-                log.write(last_eval)
-                bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
-            rt.barrier()
-        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop):
-            checkpoint.save(checkpoint.checkpoint_path(work, s), trainer.state())
-            checkpoint.prune(work, cfg.train.keep_ckpts)
+    preempted = None
+    with PreemptionGuard(rt) as guard:
+        while trainer.step < stop:
+            xb, yb = next(batches)
+            loss = trainer.train_step(xb, yb)
+            window.add(loss)
+            bar.update(B)
+            s = trainer.step
+            stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
+            if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
+                lr = max(g["lr"] for g in trainer.opt.param_groups)  # the head's (layer scale 1)
+                mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(work),
+                                               "Lower finetune.blr or check the data.")
+                log.write({"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
+                           "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            if (eval_steps and s % eval_steps == 0) or s == stop:
+                if rt.is_main:
+                    last_eval = do_eval(s)
+                    log.write(last_eval)
+                    bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
+                rt.barrier()
+            if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
+                checkpoint.save(checkpoint.checkpoint_path(work, s), trainer.state())
+                checkpoint.prune(work, cfg.train.keep_ckpts)
+            if stop_now:
+                preempted = guard.error(checkpoint.checkpoint_path(work, s), s)
+                break
+    if preempted is not None:
+        bar.close()
+        log.close()
+        raise preempted
     bar.close()
     log.close()
     rt.barrier()

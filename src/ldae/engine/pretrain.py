@@ -28,20 +28,34 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .. import checkpoint, dist
 from ..config import Config, diff_configs
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
+from ..data.datasets import count_skipped, write_skip_log
 from ..diffusion.objective import Denoiser, Rows, build_denoiser
 from ..errors import ConfigError, LdaeError
 from ..logging import MetricsLog, Timer, progress
 from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
 from ..plots import training_curves
+from ..preempt import PreemptionGuard
 from ..tokenizers import Tokenizer
 from . import fit_tokenizer
 from .common import TOKENIZER_FILE, read_run_config, tokenizer_for, write_run_config
 
 EXIT_NONFINITE = 3
+SKIPPED_FILE = "skipped.jsonl"
 
 
 class NonFiniteLoss(LdaeError):
     pass
+
+
+def nonfinite_error(loss: float, where: str, lr: float, last_good: Path | None, hint: str,
+                    parts: dict | None = None) -> NonFiniteLoss:
+    """The error that stops a run: where, the loss and its parts (of the last step), the lr and
+    the checkpoint to go back to."""
+    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in (parts or {}).items())
+    return NonFiniteLoss(f"non-finite loss {loss} in {where} (last step: {detail or 'no parts'}) at lr "
+                         f"{lr:.3e}; the last good checkpoint is {last_good} (step "
+                         f"{checkpoint.step_of(last_good) if last_good else None}). {hint} "
+                         "(train.on_nonfinite=skip drops up to train.max_nonfinite_skips bad steps.)")
 
 
 class LossWindow:
@@ -56,12 +70,11 @@ class LossWindow:
         self.sum += loss
         self.n += 1
 
-    def flush(self, rt: dist.Runtime, step: int, lr: float, last_good: Path | None, hint: str
-              ) -> tuple[float, float]:
-        mean = float(rt.all_reduce_mean(self.sum / self.n))
+    def flush(self, rt: dist.Runtime, step: int, lr: float, last_good: Path | None, hint: str,
+              parts: dict | None = None) -> tuple[float, float]:
+        mean = float(rt.all_reduce_mean(self.sum / max(self.n, 1)))
         if not math.isfinite(mean):
-            raise NonFiniteLoss(f"non-finite loss {mean} in steps {step - self.n + 1}..{step} at lr "
-                                f"{lr:.3e}; the last good checkpoint is {last_good}. {hint}")
+            raise nonfinite_error(mean, f"steps {step - self.n + 1}..{step}", lr, last_good, hint, parts)
         rate = self.n * self.batch / max(time.perf_counter() - self.t0, 1e-9)
         self.sum.zero_()
         self.n, self.t0 = 0, time.perf_counter()
@@ -117,6 +130,8 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
     """Check the run dir before any work; return the checkpoint to resume from, if any.
     A resume refuses a changed config, except run-time settings and the ``ignore`` prefixes."""
     has_state = (out / "config.yaml").exists() and checkpoint.latest(out) is not None
+    if resume not in (None, "none") and is_main:
+        checkpoint.remove_stale_temporaries(out)  # left by a writer that was killed
     if resume in (None, "none"):
         if has_state and not force:
             raise ConfigError(f"{out} already holds a run; pass --resume auto to continue it or "
@@ -134,11 +149,47 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
     if path is not None and (out / "config.yaml").exists():
         changed = diff_configs(cfg, read_run_config(out))
         ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
-                     "train.device", "train.threads", "data.num_workers", *ignore)
+                     "train.device", "train.threads", "train.on_nonfinite",
+                     "train.max_nonfinite_skips", "data.num_workers", "data.on_bad_image", *ignore)
         changed = [c for c in changed if not c.startswith(ignorable)]
         if changed:
             raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
                               f"{'; '.join(changed)}. Resume with the same config (or start a new run dir).")
+    return path
+
+
+def load_resume_state(out: Path, resume: str | None, path: Path | None, rt: dist.Runtime
+                      ) -> dict | None:
+    """The state to resume from: ``--resume auto`` takes the newest checkpoint that loads (a
+    truncated or corrupt newer one is reported and set aside); an explicit path must load."""
+    if path is None:
+        return None
+    if resume == "auto":
+        found = checkpoint.load_latest(out, rt.device, set_aside=rt.is_main,
+                                       warn=print if rt.is_main else (lambda *a: None))
+        if found is None:
+            return None
+        state, path = found
+    else:
+        state = checkpoint.load(path, map_location=rt.device)
+    if rt.is_main:
+        print(f"resuming from {path} (step {state.get('step')})", flush=True)
+    return state
+
+
+def note_skipped(cfg: Config, dataset, out: Path, rt: dist.Runtime) -> Path | None:
+    """Under data.on_bad_image=skip: list what the dataset left out in ``out/skipped.jsonl`` (and
+    make read-time skips append there too); returns that path, else None."""
+    if cfg.data.on_bad_image != "skip":
+        return None
+    path = out / SKIPPED_FILE
+    if rt.is_main:
+        n = write_skip_log(dataset, path)
+        if n:
+            print(f"warning: {n} bad images or files left out (data.on_bad_image=skip); listed in "
+                  f"{path}", flush=True)
+    elif hasattr(dataset, "skip_log"):
+        dataset.skip_log = path
     return path
 
 
@@ -165,6 +216,9 @@ class Trainer:
                                fused=rt.device.type == "cuda")
         self.ema = [p.detach().clone() for p in self.params] if cfg.optim.ema > 0 else None
         self.step = 0
+        self.skipped: list[int] = []  # steps dropped for a non-finite loss (train.on_nonfinite=skip)
+        self.last_parts: dict = {}  # the loss parts of the last step (device tensors, no sync)
+        self.out: Path | None = None  # the run dir (named in errors)
         net: torch.nn.Module = den.backbone
         self.compiled = False
         if cfg.model.compile:
@@ -183,6 +237,7 @@ class Trainer:
             ema = sd
         return {"model": self.den.backbone.state_dict(), "ema": ema,
                 "optimizer": self.opt.state_dict(), "step": self.step,
+                "nonfinite_skips": list(self.skipped),
                 "config": self.cfg.to_dict(), "format": "ldae-pretrain-v1"}
 
     def load(self, state: dict) -> None:
@@ -195,9 +250,13 @@ class Trainer:
             for e, n in zip(self.ema, names):
                 e.copy_(state["ema"][n])
         self.step = int(state["step"])
+        self.skipped = [int(s) for s in state.get("nonfinite_skips", [])]
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, augment: BatchAugment) -> torch.Tensor:
-        """One optimizer step over the local batch in ``accum_steps`` micro-batches."""
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, augment: BatchAugment
+                   ) -> torch.Tensor | None:
+        """One optimizer step over the local batch in ``accum_steps`` micro-batches. With
+        train.on_nonfinite=skip a step whose loss is not finite (on any rank) changes nothing
+        but the step count and returns None; that check is one host sync per step."""
         cfg, rt, plan = self.cfg, self.rt, self.plan
         set_lr(self.opt, warmup_cosine(self.step, plan.total_steps, plan.warmup_steps, plan.lr))
         accum = cfg.optim.accum_steps
@@ -212,9 +271,14 @@ class Trainer:
             sync = not rt.distributed or i == accum - 1
             ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
-                loss, _ = self.den.loss(x, y, g_dev, rt.autocast(), net=self.net, rows=rows)
+                loss, self.last_parts = self.den.loss(x, y, g_dev, rt.autocast(), net=self.net,
+                                                      rows=rows)
                 (loss / accum).backward()
             total += loss.detach()
+        if cfg.train.on_nonfinite == "skip":
+            mean = float(rt.all_reduce_mean(total / accum))
+            if not math.isfinite(mean):
+                return self.skip_step(mean)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
         self.opt.step()
@@ -223,6 +287,24 @@ class Trainer:
             ema_update(self.ema, [p.detach() for p in self.params], cfg.optim.ema)
         self.step += 1
         return total / accum
+
+    def skip_step(self, loss: float) -> None:
+        """Drop this step (no update, no EMA), or stop once more than the allowed steps went bad."""
+        t = self.cfg.train
+        self.opt.zero_grad(set_to_none=True)
+        if len(self.skipped) >= t.max_nonfinite_skips:
+            lr = self.opt.param_groups[0]["lr"]
+            raise nonfinite_error(loss, f"step {self.step + 1}", lr,
+                                  checkpoint.latest(self.out) if self.out else None,
+                                  f"{len(self.skipped)} bad steps were skipped already "
+                                  f"(train.max_nonfinite_skips={t.max_nonfinite_skips}).",
+                                  self.last_parts)
+        self.skipped.append(self.step + 1)
+        if self.rt.is_main:
+            print(f"warning: non-finite loss {loss} at step {self.step + 1}: step skipped "
+                  f"({len(self.skipped)}/{t.max_nonfinite_skips})", flush=True)
+        self.step += 1
+        return None
 
 
 def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
@@ -237,13 +319,17 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, cfg)
     rt.barrier()
+    skipped = note_skipped(cfg, dataset, out, rt)
     tok = get_tokenizer(cfg, out, dataset, rt)
     torch.manual_seed(cfg.train.seed)
     den = build_denoiser(cfg, tok).to(rt.device).train()
     trainer = Trainer(cfg, den, plan, rt)
+    trainer.out = out
     log = MetricsLog(out, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
-    if resume_from is not None:
-        trainer.load(checkpoint.load(resume_from, map_location=rt.device))
+    state = load_resume_state(out, resume, resume_from, rt)
+    if state is not None:
+        trainer.load(state)
+        del state
         log.truncate_after(trainer.step)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
     done = out / "train_summary.json"
@@ -265,38 +351,46 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     # share of the step lost to data; on CUDA an upper bound (queued GPU work may hide it)
     wait_run = wait_win = 0.0
     t_win = time.perf_counter()
-    while trainer.step < stop:
-        t0 = time.perf_counter()
-        xb, yb = next(stream)
-        waited = time.perf_counter() - t0
-        wait_run, wait_win = wait_run + waited, wait_win + waited
-        try:
-            loss = trainer.train_step(xb, yb, augment)
-        except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
-            if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
-                raise
-            print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
-            trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
-            trainer.compiled = False
-            trainer.opt.zero_grad(set_to_none=True)
-            loss = trainer.train_step(xb, yb, augment)
-        window.add(loss)
-        bar.update(B)
-        s = trainer.step
-        if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0:
-            lr = trainer.opt.param_groups[0]["lr"]
-            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
-                                           "enable optim.grad_clip, or check the data.")
-            now = time.perf_counter()
-            last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
-                    "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
-            wait_win, t_win = 0.0, now
-            log.write(last)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop):
-            checkpoint.save(checkpoint.checkpoint_path(out, s), trainer.state())
-            checkpoint.prune(out, cfg.train.keep_ckpts)
+    preempted = None
+    with PreemptionGuard(rt) as guard:
+        while trainer.step < stop:
+            t0 = time.perf_counter()
+            xb, yb = next(stream)
+            waited = time.perf_counter() - t0
+            wait_run, wait_win = wait_run + waited, wait_win + waited
+            try:
+                loss = trainer.train_step(xb, yb, augment)
+            except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
+                if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
+                    raise
+                print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
+                trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
+                trainer.compiled = False
+                trainer.opt.zero_grad(set_to_none=True)
+                loss = trainer.train_step(xb, yb, augment)
+            if loss is not None:  # None: a non-finite step skipped (train.on_nonfinite=skip)
+                window.add(loss)
+            bar.update(B)
+            s = trainer.step
+            stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
+            if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
+                lr = trainer.opt.param_groups[0]["lr"]
+                mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
+                                               "enable optim.grad_clip, or check the data.",
+                                               trainer.last_parts)
+                now = time.perf_counter()
+                last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
+                        "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
+                        "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
+                wait_win, t_win = 0.0, now
+                log.write(last)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
+                checkpoint.save(checkpoint.checkpoint_path(out, s), trainer.state())
+                checkpoint.prune(out, cfg.train.keep_ckpts)
+            if stop_now:
+                preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
+                break
     bar.close()
     log.close()
     rt.barrier()
@@ -309,7 +403,11 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                "data_wait": round(wait_run / wall, 4) if wall > 0 else None,
                "final_loss": last.get("loss"), "lr_peak": plan.lr, "world_size": rt.world,
                "device": str(rt.device), "params": den.backbone.num_params(),
-               "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4)}
+               "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4),
+               "nonfinite_skips": list(trainer.skipped),
+               "skipped_images": count_skipped(skipped) if skipped else 0}
+    if preempted is not None:
+        raise preempted
     if rt.is_main:
         checkpoint.atomic_write_json(out / "train_summary.json", summary)
         training_curves(out)
