@@ -231,3 +231,34 @@ def test_same_seed_gives_bit_identical_weights_on_cpu(tmp_path):
     pretrain.run(tiny("optim.ema=0.9", "data.crop=random_resized", "train.seed=1"), tmp_path / "c")
     a, c = final_state(tmp_path / "a"), final_state(tmp_path / "c")
     assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_slurm_example_requeues_after_the_preemption_signal(tmp_path):
+    """examples/slurm-pretrain.sbatch with srun/scancel/scontrol/python faked on PATH: SIGUSR1
+    to the batch script -> SIGTERM reaches the training step -> the step exits -> requeue."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    fakes = {
+        # the "training step": records its pid, exits 75 on SIGTERM (as ldae does after saving)
+        "srun": f'echo $$ > {tmp_path}/step.pid; trap "echo saved > {tmp_path}/step.out; exit 75" TERM\n'
+                'for i in $(seq 300); do sleep 0.1; done; exit 0',
+        "scancel": f'[ "$1" = "--signal=TERM" ] && kill -TERM "$(cat {tmp_path}/step.pid)"',
+        "scontrol": f'[ "$1" = "requeue" ] && echo "$2" > {tmp_path}/requeued; '
+                    '[ "$1" = "show" ] && echo node1; true',
+    }
+    for name, body in fakes.items():
+        (bin_ / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+        (bin_ / name).chmod(0o755)
+    script = HERE.parent / "examples" / "slurm-pretrain.sbatch"
+    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="42",
+               SLURM_JOB_NODELIST="node1", SLURM_JOB_NUM_NODES="1")
+    p = subprocess.Popen(["bash", str(script)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while not (tmp_path / "step.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGUSR1)
+    _, err = p.communicate(timeout=30)
+    assert (tmp_path / "step.out").read_text().strip() == "saved", err
+    assert (tmp_path / "requeued").read_text().strip() == "42", err
+    assert p.returncode == EXIT_PREEMPTED, err
