@@ -141,7 +141,7 @@ def test_data_wait_share_is_logged_and_sees_a_slow_loader(tmp_path, monkeypatch)
     class Slow(real):
         def __iter__(self):
             for item in super().__iter__():
-                time.sleep(0.2)
+                time.sleep(0.6)  # well above a step's compute, even on a loaded machine
                 yield item
 
     monkeypatch.setattr(pretrain, "BatchStream", Slow)
