@@ -262,3 +262,17 @@ def test_slurm_example_requeues_after_the_preemption_signal(tmp_path):
     assert (tmp_path / "step.out").read_text().strip() == "saved", err
     assert (tmp_path / "requeued").read_text().strip() == "42", err
     assert p.returncode == EXIT_PREEMPTED, err
+
+
+def test_a_half_written_metrics_line_is_dropped_on_resume(tmp_path):
+    """kill -9 during a metrics.jsonl append leaves a cut line: the resume drops it (and the
+    lines past the checkpoint) instead of failing to parse the log."""
+    from ldae.logging import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for s in (1, 2, 3):
+        log.write({"step": s, "loss": 0.5})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')
+    log.truncate_after(2)
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
