@@ -276,3 +276,35 @@ def test_a_half_written_metrics_line_is_dropped_on_resume(tmp_path):
         f.write('{"step": 4, "lo')
     log.truncate_after(2)
     assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_pretraining_under_on_bad_image_skip_lists_what_it_left_out(tmp_path):
+    """An ImageFolder with a corrupt, a zero-byte and a truncated file: `error` stops naming the
+    file; `skip` trains on the rest and lists all three in the run's skipped.jsonl."""
+    import numpy as np
+    from PIL import Image
+
+    from ldae.config import load_config
+    from ldae.errors import DataError
+
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        for i in range(9):
+            Image.fromarray(g.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / "train" / c / f"{i}.png")
+    bad = tmp_path / "imgs" / "train" / "a"
+    (bad / "corrupt.jpg").write_bytes(b"not an image at all" * 10)
+    (bad / "empty.png").write_bytes(b"")
+    whole = (bad / "0.png").read_bytes()
+    (bad / "cut.png").write_bytes(whole[: len(whole) // 2])
+    base = ["data.source=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=8",
+            "data.num_classes=2", "data.train_split=train", "model.name=test", "model.patch_size=4",
+            "tokenizer.dim=4", "optim.batch_size=6", "optim.epochs=1", "optim.warmup_epochs=0"]
+    with pytest.raises(DataError, match="empty.png"):
+        pretrain.run(load_config(None, base), tmp_path / "err")
+    s = pretrain.run(load_config(None, base + ["data.on_bad_image=skip"]), tmp_path / "skip")
+    assert s["steps"] == 3 and math.isfinite(s["final_loss"])
+    listed = [json.loads(ln) for ln in (tmp_path / "skip" / "skipped.jsonl").read_text().splitlines()]
+    names = {Path(e["path"]).name for e in listed}
+    assert names == {"corrupt.jpg", "empty.png", "cut.png"} and s["skipped_images"] == 3
