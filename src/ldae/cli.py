@@ -2,6 +2,7 @@
 
     ldae fit-tokenizer -c PRESET [key=value ...] --out DIR
     ldae pretrain      -c PRESET [key=value ...] --out RUN_DIR [--resume auto|CKPT] [--force]
+                       [--allow-config-change]
     ldae linprobe      --out RUN_DIR [--fast] [--encoder ldae|random|pixels] [key=value ...]
     ldae linprobe      --out RUN_DIR --sweep [linprobe.sweep_t=[...] ...]   (App. A sweeps)
     ldae linprobe      --from EXPORT_DIR|timm:NAME [--weights FILE] --out DIR -c PRESET
@@ -13,7 +14,7 @@
     ldae sample        RUN_DIR [--n N] [--sampler ddpm|ddim] [--steps S] [--guidance G] [--out DIR]
     ldae fid           RUN_DIR [--samples NPZ] [--weights INCEPTION_FILE] [--n N] [key=value ...]
     ldae figures       RUN_DIR|TRAJECTORY_DIR [--out DIR] [--tokenizer FILE ...] [--t T ...]
-    ldae prepare-data  SRC DST [--size 256] [--splits train,val] [--workers N]   (pack an ImageFolder)
+    ldae prepare-data  SRC DST [--size 256] [--splits train,val] [--workers N] [--on-bad-image skip]
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, preset_required=True)
     p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of --out) or a checkpoint path")
     p.add_argument("--force", action="store_true", help="start over in an existing run dir")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the config differs from the run's "
+                        "(the diff is printed; the resume is then no longer exact)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     p = sub.add_parser("linprobe", help="linear-probe a frozen encoder (MAE protocol)")
     _common(p)
@@ -130,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="stored image size (= data.image_size)")
     p.add_argument("--splits", default="train,val", help="comma list of split folders to pack")
     p.add_argument("--workers", type=int, default=0, help="decode processes (default: all cores)")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
+                   help="a corrupt, truncated or empty image file or an empty class folder: stop "
+                   "naming it (error, default) or leave it out and list it in meta.json (skip)")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -171,9 +178,10 @@ def _source_overrides(args, section_key: str) -> list[str]:
         raise LdaeError("--weights goes with --from timm:MODEL_NAME.")
     if not args.source:
         return []
+    from .config import _is_file
     from .engine.common import CONFIG_FILE
 
-    if (Path(args.source) / CONFIG_FILE).is_file():
+    if _is_file(Path(args.source) / CONFIG_FILE):
         raise LdaeError(f"--from {args.source} is an ldae pretraining run: give it as --out "
                         f"{args.source} (results go into the run dir), or `ldae export` it first.")
     out = [f"{section_key}=vit", f"vit.source={args.source}"]
@@ -183,12 +191,12 @@ def _source_overrides(args, section_key: str) -> list[str]:
 def _run_or_preset_config(args, overrides: list[str]) -> "Config":  # noqa: F821
     """A run dir's saved config (then overrides) when --out is a pretraining run and no -c is
     given; else the preset (then overrides)."""
-    from .config import load_config
+    from .config import _is_file, load_config, read_config_file
     from .engine.common import CONFIG_FILE
 
     out = Path(args.out)
-    if (out / CONFIG_FILE).is_file() and not args.config:
-        return load_config(None, overrides, base=yaml.safe_load((out / CONFIG_FILE).read_text()))
+    if _is_file(out / CONFIG_FILE) and not args.config:
+        return load_config(None, overrides, base=read_config_file(out / CONFIG_FILE))
     return load_config(args.config, overrides)
 
 
@@ -256,6 +264,21 @@ def cmd_info(args) -> None:
         print(f"  {table}: {', '.join(rows)}")
 
 
+def _one_paragraph(e: BaseException) -> str:
+    """An error's message as one line: line breaks (from a path, a library's message) folded,
+    control characters escaped. A DataLoader worker re-raises an error with the worker's
+    traceback prepended ("Caught DataError in DataLoader worker process 0. Original Traceback
+    ..."); its last line is the original "module.Class: message", which is what is kept."""
+    from .config import shown
+
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        msg = last[len(prefix):] if last.startswith(prefix) else last
+    return shown(" ".join(msg.split()), 2000) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -264,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides = list(args.overrides) + extra
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        from .config import shown
+
+        parser.error(f"unrecognized arguments: {shown(' '.join(extra), 300)}")
     try:
         if args.cmd == "info":
             cmd_info(args)
@@ -277,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             from .engine import pretrain
 
             summary = pretrain.run(_load(args), Path(args.out), resume=args.resume, force=args.force,
+                                   allow_config_change=args.allow_config_change,
                                    max_steps=args.max_steps)
             if os.environ.get("RANK", "0") == "0":
                 print(json.dumps(summary, indent=2))
@@ -332,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             from .data.packed import prepare
 
             meta = prepare(Path(args.src), Path(args.dst), args.size,
-                           [x for x in args.splits.split(",") if x], args.workers)
+                           [x for x in args.splits.split(",") if x], args.workers,
+                           on_bad_image=args.on_bad_image)
             print(json.dumps(meta, indent=2))
             print(f"use it with: data.source=packed data.path={args.dst} data.image_size={args.size} "
                   f"data.num_classes={len(meta['classes'])}")
@@ -351,9 +378,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load(argparse.Namespace(config=args.config or "demo", overrides=args.overrides))
             demo.run(cfg, Path(args.out))
     except LdaeError as e:
-        print(f"ldae {args.cmd}: error: {e}", file=sys.stderr)
+        print(f"ldae {args.cmd}: error: {_one_paragraph(e)}", file=sys.stderr)
         from .engine.pretrain import EXIT_NONFINITE, NonFiniteLoss
+        from .preempt import EXIT_PREEMPTED, Preempted
 
+        if isinstance(e, Preempted):
+            return EXIT_PREEMPTED
         return EXIT_NONFINITE if isinstance(e, NonFiniteLoss) else 2
     return 0
 

@@ -2,8 +2,10 @@
 
 The schema is a tree of dataclasses; a preset is a YAML file that may name a parent with
 ``inherit: NAME``; overrides address leaves as ``section.key=value`` (the value is parsed as
-YAML, so ``optim.blr=1.5e-4`` and ``data.hflip=false`` work). Unknown keys, badly typed values
-and out-of-range choices fail here, before any work, with a message that names the valid choices.
+YAML, so ``optim.blr=1.5e-4`` and ``data.hflip=false`` work; a text field takes the text as typed,
+so ``data.path=010`` stays '010'). Unknown keys, badly typed values (numbers must be finite,
+integers within 64 bits, text one line) and out-of-range choices fail here, before any work, with
+a one-line message that names the valid choices; so do unreadable or malformed YAML files.
 Cross-field checks (a patch size that does not divide the image, an objective combination the
 paper does not define) live in :func:`validate`, which asks each factory.
 
@@ -18,8 +20,9 @@ import difflib
 import math
 import re
 import typing
+import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -121,6 +124,8 @@ class TrainConfig:
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     keep_ckpts: int = 2
     tensorboard: bool = False
+    on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the step)
+    max_nonfinite_skips: int = 10  # with skip: stop at the first bad step beyond this many
 
 
 @dataclass
@@ -243,6 +248,7 @@ def _choices() -> dict[str, list[str]]:
         "data.source": sorted(SOURCES),
         "data.crop": ["center", "random_resized"],
         "data.on_bad_image": ["error", "skip"],
+        "train.on_nonfinite": ["stop", "skip"],
         "model.name": list(MODEL_SIZES),
         "model.adaln": ["mlp4", "linear"],
         "tokenizer.name": sorted(TOKENIZERS),
@@ -269,22 +275,46 @@ def preset_names(kind: str = "pretrain") -> list[str]:
     return sorted(p.stem for p in (PRESET_DIR / kind).glob("*.yaml"))
 
 
+def shown(value: Any, limit: int = 120) -> str:
+    """``value`` for an error message: one line (control characters escaped), at most ``limit``
+    characters, never raising (a 5000-digit int has no ``repr``)."""
+    try:
+        text = str(value) if isinstance(value, (str, PurePath, BaseException)) else repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _quoted(value: Any) -> str:
+    """``shown``, with text in quotes (so that 'abc' and abc-the-number read apart)."""
+    return f"'{shown(value)}'" if isinstance(value, str) else shown(value)
+
+
+def _is_file(p: Path) -> bool:
+    """``p.is_file()``, False for names the OS refuses (too long, embedded NUL)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _find_preset(name: str, kind: str = "pretrain") -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; give a path to a YAML file or one "
-                              f"of the presets: {', '.join(preset_names(kind))}.")
+        if not _is_file(p):
+            raise ConfigError(f"config file {shown(p)} does not exist; give a path to a YAML file "
+                              f"or one of the presets: {', '.join(preset_names(kind))}.")
         return p
     if "/" in name and name.split("/", 1)[0] in PRESET_KINDS:  # inherit: pretrain/cifar10-gpu
         kind, name = name.split("/", 1)
     hit = PRESET_DIR / kind / f"{name}.yaml"
-    if not hit.is_file():
+    if not _is_file(hit):
         names = preset_names(kind)
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         what = {"pretrain": "preset", "scale": "scale", "trajectory": "trajectory row"}[kind]
-        raise ConfigError(f"unknown {what} '{name}'.{hint} Choices: {', '.join(names)}"
+        raise ConfigError(f"unknown {what} '{shown(name)}'.{hint} Choices: {', '.join(names)}"
                           f"{' (or give a path to a .yaml file)' if kind == 'pretrain' else ''}.")
     return hit
 
@@ -292,26 +322,77 @@ def _find_preset(name: str, kind: str = "pretrain") -> Path:
 def _read_yaml(name: str, seen: tuple[str, ...] = (), kind: str = "pretrain") -> dict[str, Any]:
     path = _find_preset(name, kind)
     if str(path.resolve()) in seen:
-        raise ConfigError(f"preset {path} inherits from itself (chain: {' -> '.join(seen)}).")
+        raise ConfigError(f"preset {shown(path)} inherits from itself (chain: "
+                          f"{shown(' -> '.join(seen), 600)}).")
     raw = copy.deepcopy(_parse_yaml(str(path.resolve()), path.stat().st_mtime_ns))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, ...).")
+        raise ConfigError(f"{shown(path)} must hold a mapping of sections (data:, model:, ...), "
+                          f"not a {type(raw).__name__}.")
     parent = raw.pop("inherit", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{shown(path)}: inherit: {shown(parent)} must name a preset or a .yaml "
+                          "file, e.g. inherit: cifar10-cpu.")
     if path.parent.resolve().parent == PRESET_DIR.resolve():  # a bare parent name: same kind
         kind = path.parent.name
-    base = _read_yaml(str(parent), seen + (str(path.resolve()),), kind)
+    base = _read_yaml(parent, seen + (str(path.resolve()),), kind)
     return _merge(base, raw)
+
+
+def _yaml_error(e: Exception) -> str:
+    """A PyYAML error (several lines with a source snippet) as one line: what it was reading
+    and where, then the problem and where."""
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    if not problem and not context:
+        return shown(" ".join(str(e).split()), 200)
+    head = f"{shown(context, 100)}{at(getattr(e, 'context_mark', None))}: " if context else ""
+    return f"{head}{shown(problem or '', 200)}{at(getattr(e, 'problem_mark', None))}"
 
 
 @functools.lru_cache(maxsize=512)
 def _parse_yaml(path: str, mtime_ns: int) -> Any:
     """One parse per file version (the trajectory reads each row's chain many times)."""
+    return _load_yaml_file(path)
+
+
+def _load_yaml_file(path: str) -> Any:
+    """A YAML file's content (None for an empty file); every failure, of reading or of parsing,
+    is a ConfigError of one line that names the file."""
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown(path)} is not UTF-8 text; a config must be a YAML file.") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {shown(path)}: {shown(e.strerror or e)}.") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse YAML in {path}: {e}") from None
+        raise ConfigError(f"cannot parse YAML in {shown(path)}: {_yaml_error(e)}.") from None
+    except Exception as e:  # noqa: BLE001 -- only yaml.safe_load runs here
+        # PyYAML's constructors raise plain exceptions for scalars that match a tag but do not
+        # convert: a date 2001-13-45 or '!!float abc' (ValueError), an int of more than 4300
+        # digits (ValueError), '!!bool' (KeyError), '!!timestamp x' (AttributeError); deep
+        # nesting raises RecursionError
+        raise ConfigError(f"cannot parse YAML in {shown(path)}: a value does not convert "
+                          f"({shown(e, 200)}).") from None
+    return {} if raw is None else raw  # an empty file is an empty mapping
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A saved config (a run dir's config.yaml) as a dict; unreadable, malformed or non-mapping
+    files raise a ConfigError that names the file."""
+    path = Path(path)
+    if not _is_file(path):
+        raise ConfigError(f"config file {shown(path)} does not exist.")
+    raw = _load_yaml_file(str(path))  # not cached: a run rewrites its config.yaml
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown(path)} must hold a mapping of sections (data:, model:, ...), "
+                          f"not a {type(raw).__name__}; restore it from a backup or rerun.")
+    return raw
 
 
 def read_preset(name: str, kind: str = "pretrain") -> dict[str, Any]:
@@ -326,7 +407,8 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FLOAT_RE = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
+_INT_LIMIT = 2 ** 63  # every int field ends up in torch / numpy, which hold 64 bits
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -337,15 +419,35 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return value
     elif typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_LIMIT < value < _INT_LIMIT:
+                raise ConfigError(f"{key}={shown(value, 40)} is out of range: an integer setting "
+                                  "must lie within +-9.2e18 (64 bits).")
             return value
     elif typ is float:
         if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                out = float(value)
+            except OverflowError:  # an int beyond 1.8e308
+                out = math.inf
+            if not math.isfinite(out):
+                raise ConfigError(f"{key}={shown(value, 40)} is not a finite number; give a finite "
+                                  f"value (e.g. {key}=1.0).")
+            return out
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            try:
+                text = str(value)
+            except ValueError:  # an int of more than 4300 digits
+                text = None
+            if text is not None:
+                bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+                if bad is not None:  # NUL breaks every file API; a line break, every message
+                    raise ConfigError(f"{key}='{shown(text)}' holds the control character "
+                                      f"{bad.encode('unicode_escape').decode('ascii')}; a config "
+                                      "value must be one line of text.")
+                return text
     elif origin is tuple:
         args = typing.get_args(typ)
         if isinstance(value, (list, tuple)):
@@ -354,14 +456,39 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if len(value) == len(args):
                 return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     tname = getattr(typ, "__name__", str(typ))
-    raise ConfigError(f"{key}={value!r} has the wrong type: expected {tname}.")
+    hint = {bool: "true or false", int: "a whole number", float: "a number, e.g. 1e-4",
+            str: "text"}.get(typ, "")
+    if origin is tuple:
+        args = typing.get_args(typ)
+        n = "" if args[-1] is Ellipsis else f"{len(args)} "
+        hint = f"a list of {n}{args[0].__name__} values, e.g. {key}=[...]"
+    raise ConfigError(f"{key}={_quoted(value)} has the wrong type: expected {tname}"
+                      f"{f' ({hint})' if hint else ''}.")
+
+
+class _Item:
+    """An override's value as YAML reads it, with the text as typed: a str field takes the text
+    unless YAML reads it as a string (``data.path=010`` is the folder '010', not the octal int 8;
+    ``data.train_split=no`` is 'no', not False; ``data.path=C:`` is 'C:', not a mapping)."""
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: Any, text: str):
+        self.value, self.text = value, text
+
+    def for_type(self, typ: Any) -> Any:
+        if typ is str and not isinstance(self.value, str):
+            return self.text.strip()
+        return self.value
 
 
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        where = f"'{prefix[:-1]}'" if prefix else "a config"
+        raise ConfigError(f"{where} must be a mapping of keys, not {shown(data, 60)}.")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for k, v in data.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}{shown(k, 80)}"
         if k not in names:
             close = difflib.get_close_matches(str(k), names, n=1)
             hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
@@ -370,33 +497,54 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         cur = getattr(obj, k)
         if dataclasses.is_dataclass(cur):
             if not isinstance(v, dict):
-                raise ConfigError(f"'{key}' is a section; set its keys, e.g. {key}.{names[0]}=...")
+                first = dataclasses.fields(cur)[0].name
+                shown_v = shown(v.value if isinstance(v, _Item) else v, 60)
+                raise ConfigError(f"'{key}' is a section, not a value ({key}={shown_v}); set its "
+                                  f"keys, e.g. {key}.{first}=... (in YAML: '{key}:' with indented keys).")
             _apply(cur, v, prefix=f"{key}.")
         else:
+            if isinstance(v, _Item):
+                v = v.for_type(hints[k])
             setattr(obj, k, _coerce(v, hints[k], key))
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def _yaml_value(raw: str) -> Any:
+    """An override's value text as YAML; text YAML cannot read (or convert) stays text."""
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except Exception:  # noqa: BLE001 -- YAML errors, and PyYAML's constructors' plain exceptions
+        # (2001-13-45, '!!float abc', '!!bool', > 4300 digits, deep nesting): see _parse_yaml
+        return raw
+
+
+def _override_tree(items: list[str], keep_text: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value "
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override '{shown(item)}' must look like section.key=value "
                               "(e.g. optim.epochs=10).")
         key, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _yaml_value(raw)
         node = out
         parts = key.strip().split(".")
-        if any(not p for p in parts):
-            raise ConfigError(f"override key '{key}' is malformed; use section.key=value.")
+        if any(not p.strip() for p in parts):
+            raise ConfigError(f"override key '{shown(key)}' is malformed (in '{shown(item)}'); use "
+                              "section.key=value, e.g. optim.epochs=10.")
+        parts = [p.strip() for p in parts]
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'.")
-        node[parts[-1]] = value
+                raise ConfigError(f"override '{shown(item)}' conflicts with an earlier override "
+                                  f"of '{shown(p)}'.")
+        node[parts[-1]] = _Item(value, raw) if keep_text else value
     return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``section.key=value`` items as a nested dict, each value parsed as YAML."""
+    return _override_tree(items, keep_text=False)
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None,
@@ -411,7 +559,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None,
         _apply(cfg, _read_yaml(preset))
     for layer in layers or []:
         _apply(cfg, layer)
-    _apply(cfg, parse_overrides(list(overrides or [])))
+    _apply(cfg, _override_tree(list(overrides or []), keep_text=True))
     if check:
         validate(cfg)
     return cfg
@@ -434,7 +582,7 @@ def validate(cfg: Config) -> None:
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{key}='{value}' is not valid.{hint} Choices: {', '.join(choices)}.")
+            raise ConfigError(f"{key}='{shown(value)}' is not valid.{hint} Choices: {', '.join(choices)}.")
     d, m, tk, o, lp = cfg.data, cfg.model, cfg.tokenizer, cfg.optim, cfg.linprobe
     _need(d.image_size > 0 and m.patch_size > 0, "data.image_size and model.patch_size must be > 0.")
     _need(d.image_size % m.patch_size == 0,
@@ -499,7 +647,7 @@ def validate(cfg: Config) -> None:
           f"finetune.rrc_scale={list(ft.rrc_scale)} must satisfy 0 < lo <= hi <= 1.")
     _need(ft.eval_every >= 0, "finetune.eval_every must be >= 0 (0 = evaluate at the end only).")
     _need(not ft.randaug or ft.randaug.startswith("rand-"),
-          f"finetune.randaug={ft.randaug!r} must be a timm RandAugment spec such as "
+          f"finetune.randaug='{shown(ft.randaug)}' must be a timm RandAugment spec such as "
           "'rand-m9-mstd0.5-inc1' (RandAug(9, 0.5)), or '' for none.")
     uses_vit = lp.encoder == "vit" or ft.init == "vit"
     _need(not uses_vit or cfg.vit.source != "",
@@ -508,6 +656,7 @@ def validate(cfg: Config) -> None:
     _need(not (lp.encoder == "vit" and lp.noisy),
           "linprobe.noisy=true needs the run's own denoiser (an exported ViT has no noise process); "
           "probe the run dir instead (linprobe.encoder=ldae).")
+    _need(cfg.train.max_nonfinite_skips >= 0, "train.max_nonfinite_skips must be >= 0.")
     _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
     sp, fd = cfg.sample, cfg.fid
@@ -530,7 +679,11 @@ def validate(cfg: Config) -> None:
           f"diffusion.input_space/output_space=image needs the PCA tokenizer (inverse PCA maps "
           f"the noisy latent to pixels and Eq. 4 needs its full basis); tokenizer.name={tk.name} "
           "works in latent space only: set diffusion.input_space=latent diffusion.output_space=latent.")
-    TOKENIZERS[tk.name].check_config(cfg)
+    try:
+        TOKENIZERS[tk.name].check_config(cfg)
+    except OSError as e:  # a path check on a name the OS refuses (e.g. too long)
+        raise ConfigError(f"tokenizer.name={tk.name}: a path setting cannot be checked "
+                          f"({shown(e, 200)}); give an existing file.") from None
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from .. import checkpoint
 from ..config import Config, config_from_dict, dump_yaml
@@ -25,11 +24,15 @@ TOKENIZER_FILE = "tokenizer.safetensors"
 
 
 def read_run_config(run_dir: Path) -> Config:
+    """A run dir's saved Config; a missing, unreadable or corrupt config.yaml, or a run dir name
+    the OS refuses, is a ConfigError naming the file."""
+    from ..config import _is_file, read_config_file, shown
+
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not an ldae run dir: {CONFIG_FILE} is missing. Give the "
-                          "--out folder of an `ldae pretrain` run.")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    if not _is_file(path):
+        raise ConfigError(f"{shown(run_dir)} is not an ldae run dir: {CONFIG_FILE} is missing. Give "
+                          "the --out folder of an `ldae pretrain` run.")
+    return config_from_dict(read_config_file(path))
 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:

@@ -126,9 +126,12 @@ EVAL_SECTIONS = ("linprobe.", "finetune.", "vit.", "sample.", "fid.")
 
 
 def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_main: bool,
-                    ignore: tuple[str, ...] = EVAL_SECTIONS) -> Path | None:
+                    ignore: tuple[str, ...] = EVAL_SECTIONS, allow_changes: bool = False
+                    ) -> Path | None:
     """Check the run dir before any work; return the checkpoint to resume from, if any.
-    A resume refuses a changed config, except run-time settings and the ``ignore`` prefixes."""
+    A resume refuses a changed config, except run-time settings and the ``ignore`` prefixes,
+    unless ``allow_changes`` (then it prints the diff and the run's config.yaml becomes the new
+    config: the resumed run is no longer the one the old config describes)."""
     has_state = (out / "config.yaml").exists() and checkpoint.latest(out) is not None
     if resume not in (None, "none") and is_main:
         checkpoint.remove_stale_temporaries(out)  # left by a writer that was killed
@@ -152,9 +155,13 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
                      "train.device", "train.threads", "train.on_nonfinite",
                      "train.max_nonfinite_skips", "data.num_workers", "data.on_bad_image", *ignore)
         changed = [c for c in changed if not c.startswith(ignorable)]
-        if changed:
+        if changed and not allow_changes:
             raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
-                              f"{'; '.join(changed)}. Resume with the same config (or start a new run dir).")
+                              f"{'; '.join(changed)}. Resume with the same config, start a new run "
+                              "dir, or pass --allow-config-change to continue with the new values.")
+        if changed and is_main:
+            print(f"warning: resuming with a changed config (--allow-config-change): "
+                  f"{'; '.join(changed)}", flush=True)
     return path
 
 
@@ -308,11 +315,13 @@ class Trainer:
 
 
 def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
-        max_steps: int | None = None) -> dict:
-    """Pretrain into ``out``. ``max_steps`` stops early (tests), keeping the schedule of the full run."""
+        max_steps: int | None = None, allow_config_change: bool = False) -> dict:
+    """Pretrain into ``out``. ``max_steps`` stops early (tests), keeping the schedule of the full
+    run. ``allow_config_change``: see ``prepare_run_dir``."""
     rt = dist.setup(cfg.train.device, cfg.train.threads)
     out = Path(out)
-    resume_from = prepare_run_dir(cfg, out, resume, force, rt.is_main)
+    resume_from = prepare_run_dir(cfg, out, resume, force, rt.is_main,
+                                  allow_changes=allow_config_change)
     dataset = build_dataset(cfg, cfg.data.train_split)
     plan = make_plan(cfg, len(dataset), rt.world)
     if rt.is_main:
