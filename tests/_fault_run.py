@@ -71,3 +71,29 @@ if __name__ == "__main__":
     from ldae.cli import main
 
     sys.exit(main(sys.argv[1:]))
+
+
+def ddp_worker(rank: int, world: int, port: int, out: str, overrides: list[str], fault: str,
+               fault_rank: int) -> None:
+    """One rank of a gloo group (tests' stand-in for torchrun) with ``fault`` installed on rank
+    ``fault_rank`` only; a Preempted ending is written to ``out/preempted-<rank>``."""
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from ldae.config import load_config
+    from ldae.dist import teardown
+    from ldae.engine import pretrain
+    from ldae.preempt import Preempted
+
+    if rank == fault_rank:
+        install(fault)
+    try:
+        pretrain.run(load_config(None, overrides), Path(out))
+    except Preempted as e:
+        (Path(out) / f"preempted-{rank}").write_text(str(e))
+    finally:
+        teardown()

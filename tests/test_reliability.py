@@ -352,3 +352,32 @@ def test_a_bad_image_in_a_dataloader_worker_is_one_paragraph_on_the_cli(tmp_path
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
     assert rc == 2 and len(lines) == 1 and "zz-corrupt.jpg" in lines[0], err
     assert "Traceback" not in err and "DataLoader worker" not in err, err
+
+
+@pytest.mark.slow
+def test_preemption_under_ddp_stops_every_rank_at_the_same_step(tmp_path):
+    """Only rank 1 of 2 gets SIGTERM (after step 3); the ranks agree at the next check (every 10
+    steps), rank 0 saves step 10, both stop; a 1-process resume then finishes the run and equals
+    an uninterrupted 2-process run (to fp32 all-reduce rounding)."""
+    import torch.multiprocessing as mp
+
+    from _ddp import free_port, spawn
+    from _fault_run import ddp_worker
+
+    over = [o for o in MICRO if not o.startswith("train.threads")]
+    spawn("pretrain", tmp_path / "ref", over)
+    out = tmp_path / "run"
+    mp.spawn(ddp_worker, args=(2, free_port(), str(out), over, "signal:3:TERM", 1), nprocs=2,
+             join=True)
+    assert (out / "preempted-0").is_file() and (out / "preempted-1").is_file()
+    assert "saved" in (out / "preempted-0").read_text()
+    assert checkpoint.latest(out).name == "ckpt-00000010.pt"
+    assert not (out / "train_summary.json").exists()
+    from ldae.config import load_config
+
+    s = pretrain.run(load_config(None, over), out, resume="auto")
+    assert s["steps"] == STEPS and s["steps_this_run"] == STEPS - 10
+    a, b = final_state(tmp_path / "ref"), final_state(out)
+    assert a["step"] == b["step"] == STEPS
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
