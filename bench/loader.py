@@ -21,7 +21,6 @@ JPEGs, and none with the memmap.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_vs_timm import hardware, hardware_line  # noqa: E402
+from train_vs_timm import emit_record, hardware, hardware_line  # noqa: E402
 
 
 def make_folder(root: Path, n: int, seed: int = 0) -> None:
@@ -95,10 +94,7 @@ def main() -> None:
            "pack_img_per_s": round(a.images / t_pack, 1), "pack_workers": a.workers,
            "packed_img_per_s_per_process": round(a.images / t_read, 1),
            "rrc_flip_img_per_s_per_process": round(a.images / t_aug, 1)}
-    print(json.dumps(rec, indent=2))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(rec, indent=2) + "\n")
+    emit_record(rec, a.json)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,16 @@ linearly from ``--images`` (the covariance update is linear in the images; the e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from ldae.tokenizers.pca import CovarianceAccumulator, PCATokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_vs_timm import hardware, hardware_line, sync  # noqa: E402
+from train_vs_timm import emit_record, hardware, hardware_line, sync  # noqa: E402
 
 
 def images(n: int, size: int, batch: int, device: str, seed: int = 0):
@@ -81,10 +79,7 @@ def main() -> None:
            "batch": a.batch, "accumulate_s": round(t_acc, 3), "eigh_s": round(t_eigh, 3),
            "img_per_s": round(a.images / t_acc, 1), "making_images_s": round(t_make, 3),
            f"projected_{a.target}_s": round(per_img * a.target + t_eigh, 1)}
-    print(json.dumps(rec, indent=2))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(rec, indent=2) + "\n")
+    emit_record(rec, a.json)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,17 @@ def hardware_line(hw: dict) -> str:
     return s
 
 
+def emit_record(rec: dict, path: str | None) -> None:
+    """Print a benchmark record as JSON, and write it to ``path`` when one is given."""
+    import json
+    from pathlib import Path
+
+    print(json.dumps(rec, indent=2))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(rec, indent=2) + "\n")
+
+
 def default_peak_tflops(device: torch.device) -> float | None:
     """Dense bf16 tensor peak of GPUs we know (anchors-performance.md section 1); None otherwise."""
     if device.type != "cuda":

@@ -164,6 +164,14 @@ def latest(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def save_rotating(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Save ``state`` as the run's checkpoint of ``step``, then keep only the newest ``keep``."""
+    path = checkpoint_path(run_dir, step)
+    save(path, state)
+    prune(run_dir, keep)
+    return path
+
+
 def prune(run_dir: str | Path, keep: int) -> None:
     for p in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         p.unlink(missing_ok=True)

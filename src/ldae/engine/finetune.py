@@ -403,8 +403,7 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                     bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
                 rt.barrier()
             if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-                checkpoint.save(checkpoint.checkpoint_path(work, s), trainer.state())
-                checkpoint.prune(work, cfg.train.keep_ckpts)
+                checkpoint.save_rotating(work, s, trainer.state(), cfg.train.keep_ckpts)
             if stop_now:
                 preempted = guard.error(checkpoint.checkpoint_path(work, s), s)
                 break

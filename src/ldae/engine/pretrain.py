@@ -395,8 +395,7 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                 log.write(last)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
             if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-                checkpoint.save(checkpoint.checkpoint_path(out, s), trainer.state())
-                checkpoint.prune(out, cfg.train.keep_ckpts)
+                checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
             if stop_now:
                 preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
                 break
