@@ -372,3 +372,54 @@ def test_loss_accepts_a_compiled_backbone(tokenizer):
     g = torch.Generator().manual_seed(0)
     loss_e, _ = den.loss(images(4), generator=g)
     torch.testing.assert_close(loss_c, loss_e)
+
+
+def test_eq4_loss_with_unit_scale_matches_numpy(tokenizer):
+    """tokenizer.scale=unit: z0 = (x0 - m) V_d^T / s, the noise is added to that latent, the
+    backbone sees s z_t V_d + m; Eq. 4's residual stays in image units, r = V (x0 - net(x_t))."""
+    unit = PCATokenizer(P, d, scale="unit")
+    unit.load_state_dict(tokenizer.state_dict())
+    s = float(unit.eigvals[:d].double().mean().sqrt())
+    assert abs(s - 1) > 0.15  # the fixture's raw latent is not unit std: the factor matters here
+    den = make(unit, "tokenizer.scale=unit")
+    den.backbone = KnownNet(D)
+    x = images(6, seed=5)
+    loss, _ = den.loss(x, generator=torch.Generator().manual_seed(7))
+
+    g2 = torch.Generator().manual_seed(7)
+    t = torch.randint(0, T, (6,), generator=g2).numpy()
+    eps = torch.randn((6, L, d), generator=g2).double().numpy()
+    V, mean = unit.basis.double().numpy(), unit.mean.double().numpy()
+    x0 = np_patchify(x.double().numpy())
+    z0 = (x0 - mean) @ V[:d].T / s
+    sigma = np.sqrt(2) * (t + 1) / T
+    inp = s * (z0 + sigma[:, None, None] * eps) @ V[:d] + mean
+    out = 0.5 * inp.mean(-1, keepdims=True) + np.arange(D) / D
+    r = (x0 - out) @ V.T
+    w = np.where(np.arange(D) < d, 1.0, 0.1)
+    ref = np.mean(1 / (1 + sigma ** 2) * (w * r ** 2).mean(axis=(1, 2)))
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    np.testing.assert_allclose(den.backbone.calls[0][0].numpy(), inp, atol=1e-5)
+
+
+def test_clean_input_readings(tokenizer):
+    """original = the image's tokens; projected = decode(encode(x)) = (x - m) V_d^T V_d + m, the
+    noise-free member of the training inputs; latent-space input takes z0 either way."""
+    den = make(tokenizer)
+    x = images(3)
+    assert torch.equal(den.clean_input(x, "original"), tokenizer.to_tokens(x))
+    V, mean = tokenizer.basis.double().numpy(), tokenizer.mean.double().numpy()
+    ref = (np_patchify(x.double().numpy()) - mean) @ V[:d].T @ V[:d] + mean
+    np.testing.assert_allclose(den.clean_input(x, "projected").numpy(), ref, atol=1e-5)
+    # projected = the noisy training input at sigma -> 0
+    zero = den.noisy_input(x, torch.zeros(3, dtype=torch.long), torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(den.clean_input(x, "projected"), zero, atol=0.05, rtol=0)
+    assert not torch.allclose(den.clean_input(x, "original"), den.clean_input(x, "projected"), atol=1e-3)
+    f_o = den.features(x, 10, [2])[0]
+    f_p = den.features(x, 10, [2], clean="projected")[0]
+    assert not torch.allclose(f_o, f_p)
+    lat = make(tokenizer, "diffusion.input_space=latent", "diffusion.output_space=latent",
+               "diffusion.target=z0")
+    assert torch.equal(lat.clean_input(x, "projected"), lat.clean_input(x, "original"))
+    with pytest.raises(ValueError, match="clean"):
+        den.clean_input(x, "noisy")

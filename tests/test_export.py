@@ -25,12 +25,13 @@ def _images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-def _check(den, size: int, t: int, k: int, tol: float = 1e-4, layer_scale: bool = False) -> None:
-    sd, kwargs = fold(den, t, k, size, layer_scale=layer_scale)
+def _check(den, size: int, t: int, k: int, tol: float = 1e-4, layer_scale: bool = False,
+           clean: str = "original") -> None:
+    sd, kwargs = fold(den, t, k, size, layer_scale=layer_scale, clean=clean)
     vit = VisionTransformer(**kwargs).eval()
     vit.load_state_dict(sd, strict=True)
     x = _images(2, size)
-    ours = den.features(x, t, [k])[0]
+    ours = den.features(x, t, [k], clean=clean)[0]
     with torch.no_grad():
         theirs = vit(x)
     assert theirs.shape == ours.shape
@@ -75,6 +76,24 @@ def test_pca_latent_input_folds_into_the_patch_embedding(whiten):
         _check(den, size, t, k)
 
 
+@pytest.mark.parametrize("scale", ["none", "unit"])
+@pytest.mark.parametrize("layer_scale", [False, True])
+def test_projected_clean_input_folds_into_the_patch_embedding(scale, layer_scale):
+    """clean_input=projected: the ViT takes plain images and computes the encoder's features on
+    decode(encode(x)); the PCA projection lives in its patch embedding."""
+    size, p, d = 16, 4, 5
+    cfg = load_config(None, ["model.name=test", "data.source=synthetic", f"data.image_size={size}",
+                             f"model.patch_size={p}", f"tokenizer.dim={d}", f"tokenizer.scale={scale}"])
+    tok = PCATokenizer(p, d, scale=scale).fit([_images(32, size)])
+    den = build_denoiser(cfg, tok).eval()
+    _perturb(den, 4)
+    for t, k in [(10, 1), (40, 2)]:
+        _check(den, size, t, k, layer_scale=layer_scale, clean="projected")
+    sd_o, _ = fold(den, 10, 1, size)
+    sd_p, _ = fold(den, 10, 1, size, clean="projected")
+    assert not torch.allclose(sd_o["patch_embed.proj.weight"], sd_p["patch_embed.proj.weight"])
+
+
 def test_class_conditional_model_exports_with_the_null_class():
     cfg = load_config(None, ["model.name=test", "data.source=synthetic", "data.image_size=16",
                              "model.patch_size=4", "tokenizer.dim=4", "model.class_cond=true"])
@@ -100,3 +119,7 @@ def test_export_cli_writes_files_that_timm_loads(tmp_path):
     vit = VisionTransformer(**json.loads((out / "config.json").read_text()))
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     assert main(["export", str(run), "--blocks", "9", "--out", str(out)]) == 2
+    proj = tmp_path / "exp-proj"
+    assert main(["export", str(run), "--blocks", "1", "--clean-input", "projected", "--out", str(proj)]) == 0
+    assert json.loads((proj / "export.json").read_text())["clean_input"] == "projected"
+    assert json.loads((out / "export.json").read_text())["clean_input"] == "original"

@@ -64,14 +64,66 @@ def test_pixels_fast_beats_chance_and_writes_json(tmp_path):
     assert rec["n_train"] == 256 and rec["n_eval"] == 64
     assert rec["batch_size"] == 256 and any("clamped" in n for n in rec["notes"])
     assert rec["top1"] > 50.0, rec  # 10 classes: chance is 10 %
-    tops = [g["top1"] for g in rec["grid"]]
-    assert len(tops) == 3 and rec["top1"] == max(tops)
-    assert rec["best_blr"] == rec["grid"][tops.index(max(tops))]["blr"]
+    sel = rec["selection"]
+    assert sel["by"] == "holdout" and sel["n_holdout"] == 26 and sel["n_fit"] == 230
+    ho = [g["holdout_top1"] for g in rec["grid"]]
+    assert len(ho) == 3 and rec["best_blr"] == rec["grid"][ho.index(max(ho))]["blr"]
+    assert sel["holdout_top1"] == max(ho)
     assert rec["lr"] == pytest.approx(rec["best_blr"] * 256 / 256)
     assert all(g["top5"] >= g["top1"] for g in rec["grid"])
     assert (tmp_path / "eval" / "linprobe-pixels-head.safetensors").is_file()
-    lines = (tmp_path / "eval" / "linprobe-pixels-train.jsonl").read_text().splitlines()
-    assert len(lines) == 10 and len(json.loads(lines[0])["loss"]) == 3
+    lines = [json.loads(x) for x in
+             (tmp_path / "eval" / "linprobe-pixels-train.jsonl").read_text().splitlines()]
+    assert [x["phase"] for x in lines] == ["select"] * 10 + ["refit"] * 10
+    assert len(lines[0]["loss"]) == 3 and len(lines[-1]["loss"]) == 1
+
+
+def _features(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian class clusters: features (n, dim) and labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    centers = torch.randn(4, dim, generator=torch.Generator().manual_seed(99))
+    return centers[y] + 1.5 * torch.randn(n, dim, generator=g), y
+
+
+def test_holdout_split_is_seeded_disjoint_and_covers_the_train_rows():
+    cfg = _cfg("linprobe.holdout=0.25")
+    fit, ho = linprobe.holdout_split(100, cfg)
+    assert ho.numel() == 25 and fit.numel() == 75
+    assert torch.equal(torch.cat([fit, ho]).sort().values, torch.arange(100))
+    again = linprobe.holdout_split(100, cfg)
+    assert torch.equal(fit, again[0]) and torch.equal(ho, again[1])
+    other = linprobe.holdout_split(100, _cfg("linprobe.holdout=0.25", "train.seed=1"))
+    assert not torch.equal(ho, other[1])
+    assert linprobe.holdout_split(3, _cfg("linprobe.holdout=0.01"))[1].numel() == 1  # never empty
+
+
+def test_selection_never_reads_the_reported_split(tmp_path):
+    """The blr is chosen on the train split's holdout: replacing the eval split by anything
+    changes the reported number but neither the choice nor the reported head. The reported head
+    is the one a single-blr probe at the chosen blr trains on the whole train split."""
+    from ldae.logging import MetricsLog
+
+    cfg = _cfg("linprobe.epochs=6", "linprobe.lr_grid=[0.001,0.3,30.0]")
+    ftr, ytr = _features(400, 16, 0)
+    fev, yev = _features(100, 16, 1)
+    log = MetricsLog(tmp_path, enabled=False)
+    a = linprobe.select_and_fit(ftr, ytr, fev, yev, cfg, RT, 64, [0.001, 0.3, 30.0], log)
+    junk = torch.randn(100, 16) * 50
+    b = linprobe.select_and_fit(ftr, ytr, junk, yev.flip(0), cfg, RT, 64, [0.001, 0.3, 30.0], log)
+    assert a["best"] == b["best"] and a["top1"] != b["top1"]
+    for k, v in a["probe"].state_dict().items():
+        assert torch.equal(v, b["probe"].state_dict()[k]), k
+    assert [g["holdout_top1"] for g in a["grid"]] == [g["holdout_top1"] for g in b["grid"]]
+    blr = [0.001, 0.3, 30.0][a["best"]]
+    alone = linprobe.select_and_fit(ftr, ytr, fev, yev, cfg, RT, 64, [blr], log)
+    assert alone["selection"]["by"].startswith("none") and alone["top1"] == a["top1"]
+    for k, v in a["probe"].state_dict().items():
+        assert torch.equal(v, alone["probe"].state_dict()[k]), k
+    # select=eval (the old, biased mode) picks by the eval split: the best eval head
+    c = linprobe.select_and_fit(ftr, ytr, fev, yev, _cfg("linprobe.select=eval",
+                                "linprobe.epochs=6"), RT, 64, [0.001, 0.3, 30.0], log)
+    assert c["top1"] == max(g["top1"] for g in c["grid"]) and "biased" in c["selection"]["by"]
 
 
 def test_ldae_fast_and_full_run_with_random_init(tmp_path, tokenizer):
@@ -82,7 +134,8 @@ def test_ldae_fast_and_full_run_with_random_init(tmp_path, tokenizer):
         assert rec["blocks"] == 1 and rec["feat_dim"] == 32 and rec["t"] == 10
         assert 0.0 <= rec["top1"] <= rec["top5"] <= 100.0
         assert len(rec["grid"]) == (2 if fast == "true" else 1)
-        assert rec["top1"] == max(g["top1"] for g in rec["grid"])
+        if fast == "false":  # one blr, nothing selected: the head trained on all of train
+            assert rec["top1"] == rec["grid"][0]["top1"] and rec["selection"]["n_holdout"] == 0
         assert json.loads((tmp_path / "eval" / "linprobe.json").read_text()) == rec
     # the baselines get their own file names beside linprobe.json
     cfg = _cfg("linprobe.fast=true", "linprobe.encoder=random", "linprobe.epochs=1")
@@ -107,8 +160,9 @@ def test_full_mode_is_deterministic(tmp_path, tokenizer):
 def test_grid_heads_equal_heads_trained_alone(tmp_path):
     """Training heads together (shared BN, same batches) changes nothing for any one of them."""
     grid = ["linprobe.encoder=pixels", "linprobe.fast=true", "linprobe.epochs=3"]
-    together = linprobe.run(_cfg(*grid, "linprobe.lr_grid=[0.03,3.0]"), tmp_path / "g", None, RT)
-    alone = linprobe.run(_cfg(*grid, "linprobe.lr_grid=[3.0]"), tmp_path / "s", None, RT)
+    sel = ["linprobe.select=eval"]  # every head on the whole train split
+    together = linprobe.run(_cfg(*grid, *sel, "linprobe.lr_grid=[0.03,3.0]"), tmp_path / "g", None, RT)
+    alone = linprobe.run(_cfg(*grid, *sel, "linprobe.lr_grid=[3.0]"), tmp_path / "s", None, RT)
     assert together["grid"][1] == alone["grid"][0]
 
 

@@ -138,6 +138,7 @@ def test_sweep_cells_equal_single_fast_runs_and_write_outputs(tmp_path, denoiser
         got = cell[(table, t, noisy, k)]
         assert got["grid"] == one["grid"], (t, noisy, k)
         assert (got["top1"], got["top5"], got["best_blr"]) == (one["top1"], one["top5"], one["best_blr"])
+        assert got["selection"] == one["selection"] and got["selection"]["by"] == "holdout"
     md = (ev / "linprobe-sweep.md").read_text()
     for s in ("| w/ clean input |", "| w/ noisy input |", "| enc. blocks | 1 | 2 |", "Fast protocol",
               "64.1 | 64.5 | 64.1 | 63.3 | 62.2", "58.5 | 62.0 | 64.1 | 64.5 | 63.6 | 61.9 | 59.7"):
@@ -146,7 +147,8 @@ def test_sweep_cells_equal_single_fast_runs_and_write_outputs(tmp_path, denoiser
     png = (ev / "linprobe-sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (ev / "linprobe-sweep-train.jsonl").read_text().splitlines()
-    assert len(lines) == 5 * 2 and {"t", "noisy", "blocks", "loss"} <= json.loads(lines[0]).keys()
+    assert len(lines) == 5 * 2 * 2  # per set: 2 epochs of grid heads on the holdout split, 2 of refit
+    assert {"t", "noisy", "blocks", "phase", "loss"} <= json.loads(lines[0]).keys()
     assert not [p for p in ev.iterdir() if p.name.endswith(".tmp")]
 
 

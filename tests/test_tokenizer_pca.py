@@ -219,3 +219,60 @@ def test_patches_per_image_subsampling(monkeypatch):
     again = PCATokenizer(P, dim=3).fit(batches(x, 50), patches_per_image=4,
                                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.basis, sub.basis)
+
+
+# ---------------------------------------------------------------- latent scale (tokenizer.scale)
+def test_unit_scale_factor_is_the_kept_latents_std_on_the_fit_data():
+    x = correlated_images(n=128)
+    tok = PCATokenizer(P, dim=4, scale="unit").fit(batches(x))
+    raw = (all_patches(x) - all_patches(x).mean(0)) @ tok.basis[:4].double().numpy().T
+    s = np.sqrt((raw ** 2).sum() / (raw.shape[0] - 1) / 4)  # overall std of the kept latent
+    assert float(tok.global_scale()) == pytest.approx(s, rel=1e-5)
+    assert float(tok.global_scale()) == pytest.approx(float(tok.eigvals[:4].mean().sqrt()), rel=1e-6)
+    z = tok.encode(x).double().numpy().reshape(-1, 4)
+    assert z.var(axis=0, ddof=1).mean() == pytest.approx(1.0, rel=1e-4)  # unit overall std
+    assert z.var(axis=0, ddof=1)[0] > 3 * z.var(axis=0, ddof=1)[-1]  # no per-dim whitening
+    none = PCATokenizer(P, dim=4).fit(batches(x))
+    assert float(none.global_scale()) == 1.0
+    torch.testing.assert_close(tok.encode(x), none.encode(x) / tok.global_scale(), rtol=1e-5, atol=1e-6)
+
+
+def test_unit_scale_round_trip_and_projection_do_not_depend_on_the_scale():
+    x = correlated_images(n=32)
+    unit = PCATokenizer(P, dim=5, scale="unit").fit(batches(x))
+    none = PCATokenizer(P, dim=5).fit(batches(x))
+    z = torch.randn(3, 16, 5)
+    torch.testing.assert_close(unit.encode(unit.to_image(unit.decode(z))), z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unit.decode(unit.encode(x)), none.decode(none.encode(x)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unit.project(x), none.decode(none.encode(x)), rtol=1e-5, atol=1e-5)
+    # noise sigma on the unit latent is noise sigma * s on the raw one, in image space
+    s = unit.global_scale()
+    torch.testing.assert_close(unit.decode(unit.encode(x) + 0.3 * z[:1]),
+                               none.decode(none.encode(x) + 0.3 * s * z[:1]), rtol=1e-4, atol=1e-4)
+
+
+def test_unit_scale_follows_d_survives_save_load_and_old_files_load_as_none(tmp_path):
+    x = correlated_images(n=32)
+    tok = PCATokenizer(P, dim=3, scale="unit").fit(batches(x))
+    d6 = tok.with_dim(6)
+    assert d6.scale == "unit"
+    assert float(d6.global_scale()) == pytest.approx(float(tok.eigvals[:6].mean().sqrt()), rel=1e-6)
+    assert float(d6.global_scale()) < float(tok.global_scale())  # the later dims hold less energy
+    tok.save(tmp_path / "t.safetensors")
+    back = load_tokenizer(tmp_path / "t.safetensors")
+    assert back.scale == "unit" and torch.equal(back.encode(x), tok.encode(x))
+    # a file written before the key existed (no "scale" in its header) loads as scale=none
+    meta = {k: v for k, v in tok.meta().items() if k != "scale"}
+    save_file({k: v.contiguous() for k, v in tok.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"ldae_tokenizer": json.dumps(meta)})
+    assert load_tokenizer(tmp_path / "old.safetensors").scale == "none"
+    with pytest.raises(ValueError, match="scale"):
+        PCATokenizer(P, dim=3, scale="whiten")
+
+
+def test_whiten_with_unit_scale_is_plain_whitening():
+    x = correlated_images(n=32)
+    w = PCATokenizer(P, dim=4, whiten=True).fit(batches(x))
+    wu = PCATokenizer(P, dim=4, whiten=True, scale="unit").fit(batches(x))
+    assert float(wu.global_scale()) == 1.0
+    torch.testing.assert_close(w.encode(x), wu.encode(x))

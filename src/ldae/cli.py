@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "blocks = that depth +-3 at linprobe.t, clean input; linprobe.sweep_t / "
                         "sweep_noisy / sweep_blocks=[...] choose other grids. Writes "
                         "eval/linprobe-sweep.{json,md,png}")
+    p.add_argument("--tag", default="",
+                   help="suffix of the result files (eval/linprobe-TAG.json), to keep several probes "
+                        "of one run side by side, e.g. --tag projected linprobe.clean_input=projected")
     _from_args(p)
     p = sub.add_parser("finetune", help="fine-tune an encoder end to end (App. B: MAE's recipe + EMA)")
     _common(p)
@@ -101,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=0, help="encoder depth k (default: the model's split)")
     p.add_argument("--out", required=True, help="output dir: model.safetensors + config.json")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA exists")
+    p.add_argument("--clean-input", choices=["original", "projected"], default=None,
+                   help="what the ViT's clean input means for an image-space encoder: the image "
+                        "(original) or its PCA projection decode(encode(x)), folded into the patch "
+                        "embedding (projected); default: the run's linprobe.clean_input")
     p = sub.add_parser("sample", help="generate images from a trained run (DDPM ancestral or DDIM, "
                        "classifier-free guidance): samples.npz + grid.png")
     p.add_argument("run_dir", help="a pretraining run dir")
@@ -191,12 +198,12 @@ def _source_overrides(args, section_key: str) -> list[str]:
 def _run_or_preset_config(args, overrides: list[str]) -> "Config":  # noqa: F821
     """A run dir's saved config (then overrides) when --out is a pretraining run and no -c is
     given; else the preset (then overrides)."""
-    from .config import _is_file, load_config, read_config_file
-    from .engine.common import CONFIG_FILE
+    from .config import _is_file, load_config
+    from .engine.common import CONFIG_FILE, read_run_dict
 
     out = Path(args.out)
     if _is_file(out / CONFIG_FILE) and not args.config:
-        return load_config(None, overrides, base=read_config_file(out / CONFIG_FILE))
+        return load_config(None, overrides, base=read_run_dict(out / CONFIG_FILE))
     return load_config(args.config, overrides)
 
 
@@ -224,7 +231,7 @@ def cmd_linprobe(args) -> dict:
             print("ldae linprobe: sweep with the fast protocol (features cached once, no "
                   "augmentation; lr grid of heads)", file=sys.stderr)
         return linprobe.run_sweep(cfg, out, den, rt, defaults=args.sweep)
-    return linprobe.run(cfg, out, den, rt)
+    return linprobe.run(cfg, out, den, rt, tag=args.tag)
 
 
 def cmd_info(args) -> None:
@@ -328,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             from .engine.export import export
 
             info = export(Path(args.run_dir), Path(args.out), t=args.t, blocks=args.blocks,
-                          use_ema=not args.no_ema)
+                          use_ema=not args.no_ema, clean=args.clean_input)
             print(json.dumps({k: v for k, v in info.items() if k != "timm"}, indent=2))
             print(f"load with timm:\n  {info['timm']}")
         elif args.cmd == "sample":

@@ -66,6 +66,10 @@ class TokenizerConfig:
     name: str = "pca"
     dim: int = 4  # d, latent dim per token
     whiten: bool = False  # off in the paper (V V^T = I); an ablation
+    # pca: the latent's global scale, none (raw PCA coordinates) | unit (one factor for unit
+    # overall std, as the learned tokenizers' latents; docs/results.md). The patch AE/VAE and conv
+    # VAE always scale to unit std (LDM's factor); pixel is the identity: neither reads this key
+    scale: str = "none"
     fit_images: int = 50000  # at most this many training images feed the fit
     patches_per_image: int = 0  # 0 = every patch of each image
     path: str = ""  # load a fitted tokenizer from here instead of fitting one
@@ -126,12 +130,21 @@ class TrainConfig:
     tensorboard: bool = False
     on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the step)
     max_nonfinite_skips: int = 10  # with skip: stop at the first bad step beyond this many
+    # online kNN monitor (engine/monitor.py): every this many steps (and at the end) the encoder
+    # at linprobe.t / clean_input embeds a bank of train images and queries from the probe's
+    # holdout share of the train split; knn_top1 goes to metrics.jsonl. 0 = off
+    monitor_every: int = 0
+    monitor_bank: int = 5000
+    monitor_queries: int = 1000
 
 
 @dataclass
 class LinprobeConfig:
     t: int = 10  # fixed timestep at transfer (App. A)
     noisy: bool = False  # clean input (default) or noisy input at t
+    # what "clean input" means for an image-space encoder: original (the image) | projected
+    # (decode(encode(x)), the PCA residual removed: the training inputs' distribution)
+    clean_input: str = "original"
     blocks: int = 0  # encoder depth k; 0 = the model's encoder split
     blr: float = 0.1  # MAE's LARS base lr; the paper text says 6.4e-3 at batch 16384
     batch_size: int = 256
@@ -141,6 +154,11 @@ class LinprobeConfig:
     momentum: float = 0.9
     fast: bool = False  # cache features once, train an lr grid of heads together
     lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # blr values of --fast
+    # how --fast picks its blr: holdout (on a seeded `holdout` share of the train split, then the
+    # chosen head retrained on all of it; val is only reported) | eval (on the reported split
+    # itself: optimistically biased, kept to compare with old numbers)
+    select: str = "holdout"
+    holdout: float = 0.1
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     encoder: str = "ldae"  # ldae | random | pixels: what produces the features
     # App. A sweeps (``ldae linprobe --sweep``; always the fast protocol). Empty = not swept: the
@@ -156,6 +174,7 @@ class FinetuneConfig:
     """End-to-end fine-tuning (App. B: MAE's protocol plus EMA). ``ldae finetune``."""
     init: str = "ldae"  # ldae (this run's encoder folded at t) | random (same ViT, timm init) | vit
     t: int = 10  # the fixed timestep folded into the encoder (clean input)
+    clean_input: str = "original"  # original | projected, as linprobe.clean_input
     blocks: int = 0  # encoder depth k; 0 = the model's encoder split
     blr: float = 1e-3  # lr = blr x batch / 256: 4e-3 at the paper's batch 1024
     min_lr: float = 1e-6  # floor of the half-cycle cosine (MAE)
@@ -252,6 +271,7 @@ def _choices() -> dict[str, list[str]]:
         "model.name": list(MODEL_SIZES),
         "model.adaln": ["mlp4", "linear"],
         "tokenizer.name": sorted(TOKENIZERS),
+        "tokenizer.scale": ["none", "unit"],
         "diffusion.schedule": sorted(objective.SCHEDULES),
         "diffusion.target": sorted(objective.TARGETS),
         "diffusion.loss_weight": sorted(objective.LOSS_WEIGHTS),
@@ -259,6 +279,9 @@ def _choices() -> dict[str, list[str]]:
         "diffusion.output_space": ["latent", "image"],
         "train.device": ["auto", "cpu", "cuda"],
         "linprobe.encoder": ["ldae", "random", "pixels", "vit"],
+        "linprobe.clean_input": ["original", "projected"],
+        "linprobe.select": ["holdout", "eval"],
+        "finetune.clean_input": ["original", "projected"],
         "finetune.init": ["ldae", "random", "vit"],
         "sample.sampler": ["ddpm", "ddim"],
         "sample.classes": ["balanced", "random"],
@@ -614,6 +637,8 @@ def validate(cfg: Config) -> None:
     _need(lp.epochs > 0 and 0 <= lp.warmup_epochs <= lp.epochs,
           "linprobe.warmup_epochs must be in [0, linprobe.epochs].")
     _need(len(lp.lr_grid) > 0 and all(v > 0 for v in lp.lr_grid), "linprobe.lr_grid must be positive.")
+    _need(0.0 < lp.holdout < 1.0, f"linprobe.holdout={lp.holdout} must be in (0, 1): the share of "
+          "the train split that selects the fast probe's blr (e.g. 0.1).")
     T = cfg.diffusion.num_steps
     _need(all(0 <= v < T for v in lp.sweep_t),
           f"linprobe.sweep_t={list(lp.sweep_t)} must hold timesteps in [0, diffusion.num_steps={T}).")
@@ -653,10 +678,16 @@ def validate(cfg: Config) -> None:
     _need(not uses_vit or cfg.vit.source != "",
           "linprobe.encoder=vit / finetune.init=vit need vit.source=... (an `ldae export` dir or "
           "timm:MODEL_NAME with vit.weights=FILE); on the CLI: --from SRC [--weights FILE].")
+    _need(not (lp.encoder == "vit" and lp.clean_input != "original"),
+          "linprobe.clean_input=projected needs the run's own denoiser (an exported ViT has its "
+          "input baked in: `ldae export --clean-input projected`); probe the run dir instead.")
     _need(not (lp.encoder == "vit" and lp.noisy),
           "linprobe.noisy=true needs the run's own denoiser (an exported ViT has no noise process); "
           "probe the run dir instead (linprobe.encoder=ldae).")
     _need(cfg.train.max_nonfinite_skips >= 0, "train.max_nonfinite_skips must be >= 0.")
+    _need(cfg.train.monitor_every >= 0 and cfg.train.monitor_bank > 0 and cfg.train.monitor_queries > 0,
+          "train.monitor_every must be >= 0 (0 = off), train.monitor_bank and "
+          "train.monitor_queries > 0.")
     _need(cfg.train.threads >= 0 and cfg.train.log_every > 0 and cfg.train.ckpt_every > 0,
           "train.threads >= 0, train.log_every > 0 and train.ckpt_every > 0 are required.")
     sp, fd = cfg.sample, cfg.fid

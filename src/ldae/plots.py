@@ -33,7 +33,8 @@ def _metrics(folder: Path) -> list[dict]:
 
 
 def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """loss and lr against images seen, from ``metrics.jsonl`` -> ``figures/training.png``
+    """loss, lr and (when the run has the online monitor) kNN top-1 against images seen, from
+    ``metrics.jsonl`` -> ``figures/training.png``
     (or the file ``out``: ``ldae figures --out`` writes elsewhere without touching the run dir)."""
     plt = pyplot()
     from matplotlib.ticker import EngFormatter
@@ -43,7 +44,10 @@ def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path 
     if not rows:
         return None
     imgs = [r["images"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    knn = [(r["images"], r["knn_top1"]) for r in rows if r.get("knn_top1") is not None]
+    fig, axes = plt.subplots(1, 3 if knn else 2, figsize=(15 if knn else 10, 3.6),
+                             constrained_layout=True)
+    a, b = axes[0], axes[1]
     a.plot(imgs, [r["loss"] for r in rows], lw=1.2)
     a.set_yscale("log")
     a.set_xlabel("images seen")
@@ -53,7 +57,13 @@ def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path 
     b.set_xlabel("images seen")
     b.set_ylabel("learning rate")
     b.grid(alpha=0.3)
-    for ax in (a, b):
+    if knn:
+        c = axes[2]
+        c.plot(*zip(*knn), marker="o", lw=1.2, color="tab:green")
+        c.set_xlabel("images seen")
+        c.set_ylabel("kNN top-1 (%), train-split holdout")
+        c.grid(alpha=0.3)
+    for ax in axes:
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     fig.suptitle(run_dir.name)
     return save_png(fig, out if out is not None else run_dir / "figures" / "training.png")

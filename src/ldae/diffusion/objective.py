@@ -28,6 +28,8 @@ from .schedules import DDPM, Constant, LinearGamma2, Schedule, SigmaLinear
 from .targets import TARGETS, Batch, Target
 from .weights import LOSS_WEIGHTS
 
+#: readings of "clean input" at transfer for image-space input (``Denoiser.clean_input``)
+CLEAN_INPUTS = ("original", "projected")
 SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
              "constant": Constant}
 
@@ -104,9 +106,19 @@ class Denoiser(nn.Module):
         inp = zt if self.input_space == "latent" else self.tokenizer.decode(zt)
         return inp, Batch(x0=x0, z0=z0, eps=eps, tokenizer=self.tokenizer)
 
-    def clean_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Clean input at transfer: the latent z0, or the original image in image space."""
-        return self.tokenizer.encode(x) if self.input_space == "latent" else self.tokenizer.to_tokens(x)
+    def clean_input(self, x: torch.Tensor, clean: str = "original") -> torch.Tensor:
+        """Clean input at transfer (the paper says only "clean images"; two readings):
+
+        - latent-space input: the latent z0 = encode(x) (both readings agree);
+        - image-space input, ``original``: the image x itself, PCA residual included, which the
+          encoder never saw in training (its inputs are decode(z0 + sigma eps));
+        - image-space input, ``projected``: decode(encode(x)), the noise-free member of the
+          training distribution (the residual, Sec. 4.3's "noise part (ii)", removed)."""
+        if clean not in CLEAN_INPUTS:
+            raise ValueError(f"clean={clean!r} must be one of {CLEAN_INPUTS}")
+        if self.input_space == "latent":
+            return self.tokenizer.encode(x)
+        return self.tokenizer.to_tokens(x) if clean == "original" else self.tokenizer.project(x)
 
     def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
                  rows: Rows | None = None) -> torch.Tensor:
@@ -188,17 +200,21 @@ class Denoiser(nn.Module):
 
     # ----------------------------------------------------------------- transfer
     def encoder_input(self, x: torch.Tensor, t: int, noisy: bool = False,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, clean: str = "original"
+                      ) -> torch.Tensor:
+        """The encoder's input at transfer: clean (``clean_input``) or noisy at step t (Eq. 1 in
+        the latent, then the backbone's input space; ``clean`` does not apply)."""
         if not noisy:
-            return self.clean_input(x.float())
+            return self.clean_input(x.float(), clean)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return self.noisy_input(x.float(), tt, generator)[0]
 
     def features(self, x: torch.Tensor, t: int, blocks: list[int], noisy: bool = False,
                  generator: torch.Generator | None = None,
-                 autocast: contextlib.AbstractContextManager | None = None) -> list[torch.Tensor]:
+                 autocast: contextlib.AbstractContextManager | None = None,
+                 clean: str = "original") -> list[torch.Tensor]:
         """Token-averaged outputs of ``blocks`` at fixed t, (B, W) each, from one forward."""
-        inp = self.encoder_input(x, t, noisy, generator)
+        inp = self.encoder_input(x, t, noisy, generator, clean)
         tt = self.schedule.t_cond(torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
         with autocast or contextlib.nullcontext():
             feats = self.backbone.forward_blocks(inp, tt, blocks)
@@ -221,4 +237,4 @@ def build_denoiser(cfg, tokenizer: nn.Module) -> Denoiser:
                     d.input_space, d.output_space, d.w_rest)
 
 
-__all__ = ["SCHEDULES", "TARGETS", "LOSS_WEIGHTS", "Denoiser", "build_denoiser", "check_combination"]
+__all__ = ["CLEAN_INPUTS", "SCHEDULES", "TARGETS", "LOSS_WEIGHTS", "Denoiser", "build_denoiser", "check_combination"]

@@ -21,6 +21,9 @@ from ..tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.safetensors"
+#: keys added to the schema after runs were saved without them, with the value those runs used
+#: (not today's default): an old run dir keeps meaning what it meant
+LEGACY_DEFAULTS = {("tokenizer", "scale"): "none"}
 
 
 def read_run_config(run_dir: Path) -> Config:
@@ -32,7 +35,19 @@ def read_run_config(run_dir: Path) -> Config:
     if not _is_file(path):
         raise ConfigError(f"{shown(run_dir)} is not an ldae run dir: {CONFIG_FILE} is missing. Give "
                           "the --out folder of an `ldae pretrain` run.")
-    return config_from_dict(read_config_file(path))
+    return config_from_dict(read_run_dict(path))
+
+
+def read_run_dict(path: Path) -> dict:
+    """A saved config file as a dict, keys added to the schema since it was written filled with
+    the values the run used (``LEGACY_DEFAULTS``)."""
+    from ..config import read_config_file
+
+    raw = read_config_file(path)
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        if isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section][key] = value
+    return raw
 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
@@ -52,6 +67,8 @@ def tokenizer_for(cfg: Config, run_dir: Path | None) -> Tokenizer | None:
             tok = tok.with_dim(cfg.tokenizer.dim)
         except ValueError:
             pass
+    if tok.name == "pca" and tok.scale != cfg.tokenizer.scale:  # and every scale (s follows from
+        tok.scale = cfg.tokenizer.scale  # the stored eigenvalues): the config decides
     if tok.patch_size != cfg.model.patch_size or tok.dim != cfg.tokenizer.dim:
         raise ConfigError(f"the tokenizer has patch_size={tok.patch_size}, dim={tok.dim} but the config "
                           f"asks for model.patch_size={cfg.model.patch_size}, tokenizer.dim="

@@ -32,15 +32,24 @@ TIMM_CALL = ("import json, timm, safetensors.torch as st; m = timm.models.vision
              "m.load_state_dict(st.load_file('{d}/model.safetensors'), strict=True)")
 
 
-def _patch_map(den) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, a) with embed-input tokens = patches @ A.T + a, patches flattened (C, p, p)."""
+def _patch_map(den, clean: str = "original") -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, a) with embed-input tokens = patches @ A.T + a, patches flattened (C, p, p).
+
+    Image-space input: the identity for ``clean=original``; for ``projected`` the PCA projection
+    decode(encode(x)) = x P + m (I - P), P = V_d^T V_d (symmetric), so A = P, a = m - m P."""
     tok, D = den.tokenizer, den.tokenizer.full_dim
     if den.input_space == "image":
-        return torch.eye(D), torch.zeros(D)
+        if clean == "original":
+            return torch.eye(D), torch.zeros(D)
+        if tok.name != "pca":
+            raise ConfigError(f"clean_input=projected folds the PCA projection; this run's "
+                              f"tokenizer is {tok.name}.")
+        V = tok.basis[: tok.dim].double().cpu()
+        P, m = V.T @ V, tok.mean.double().cpu()
+        return P.float(), (m - m @ P).float()
     if tok.name == "pca":
         basis = tok.basis[: tok.dim].float().cpu()  # (d, D)
-        if tok.whiten:
-            basis = basis / tok._scale().float().cpu()[:, None]
+        basis = basis / tok.latent_scale().float().cpu()[:, None]  # whiten / scale=unit
         return basis, -(basis @ tok.mean.float().cpu())
     raise ConfigError(f"ldae export folds a linear input map only: image-space input, or a latent "
                       f"input from the pca tokenizer (this run: input_space={den.input_space}, "
@@ -48,9 +57,13 @@ def _patch_map(den) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fold(den, t: int, blocks: int, image_size: int, layer_scale: bool = False
-         ) -> tuple[dict[str, torch.Tensor], dict]:
+def fold(den, t: int, blocks: int, image_size: int, layer_scale: bool = False,
+         clean: str = "original") -> tuple[dict[str, torch.Tensor], dict]:
     """timm state dict and constructor keywords of the first ``blocks`` blocks at fixed ``t``.
+
+    ``clean``: the clean-input reading the ViT computes (``Denoiser.clean_input``); for an
+    image-space encoder ``projected`` folds the PCA projection into the patch embedding, so the
+    ViT still takes plain images.
 
     ``layer_scale``: keep each gate as a timm LayerScale vector (``ls1``/``ls2.gamma``, the
     model built with ``init_values``) instead of folding it into ``attn.proj``/``mlp.fc2``. Same
@@ -65,7 +78,7 @@ def fold(den, t: int, blocks: int, image_size: int, layer_scale: bool = False
     p, C = den.tokenizer.patch_size, den.tokenizer.channels
     tt = den.schedule.t_cond(torch.tensor([t]))
     c = net.condition(tt)  # (1, W); the null class for a class-conditional model
-    A, a = _patch_map(den)
+    A, a = _patch_map(den, clean)
     E, e = net.patch_embed.weight.float(), net.patch_embed.bias.float()
     sd = {"patch_embed.proj.weight": (E @ A).reshape(net.width, C, p, p).contiguous(),
           "patch_embed.proj.bias": E @ a + e,
@@ -106,21 +119,24 @@ def vit_kwargs(width: int, heads: int, mlp_ratio: float, blocks: int, image_size
     return kw
 
 
-def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool = True) -> dict:
+def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool = True,
+           clean: str | None = None) -> dict:
+    """``clean``: original | projected; None = the run's ``linprobe.clean_input``."""
     from safetensors.torch import save_file
 
     from .common import load_run
 
     cfg, den = load_run(Path(run_dir), use_ema=use_ema, device="cpu")
     k = blocks or den.backbone.encoder_blocks
-    sd, kwargs = fold(den, t, k, cfg.data.image_size)
+    clean = clean or cfg.linprobe.clean_input
+    sd, kwargs = fold(den, t, k, cfg.data.image_size, clean=clean)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"ldae_export": json.dumps({"run": str(run_dir), "t": t,
-                                                                      "blocks": k})})
+                                                                      "blocks": k, "clean_input": clean})})
     atomic_write_json(out / "config.json", kwargs)
-    info = {"out": str(out), "t": t, "blocks": k, "params": sum(v.numel() for v in sd.values()),
+    info = {"out": str(out), "t": t, "blocks": k, "clean_input": clean, "params": sum(v.numel() for v in sd.values()),
             "input": f"images in [-1, 1], {cfg.data.image_size} px",
             "timm": TIMM_CALL.format(d=out)}
     atomic_write_json(out / "export.json", info)

@@ -100,10 +100,11 @@ def build_model(cfg: Config, run_dir: Path | None) -> VitEncoder:
             raise ConfigError("finetune.init=ldae needs a pretraining run dir as --out.")
         _, den = load_run(run_dir, use_ema=True, device="cpu")
         k = ft.blocks or den.backbone.encoder_blocks
-        sd, kwargs = fold(den, ft.t, k, d.image_size, layer_scale=True)
+        sd, kwargs = fold(den, ft.t, k, d.image_size, layer_scale=True, clean=ft.clean_input)
         model = build_vit(kwargs, C, ft.head_norm, ft.drop_path)
         load_into(model, sd, f"the folded encoder of {run_dir}", new=("head.", "fc_norm."))
-        enc = VitEncoder(model, source=str(run_dir), meta={"t": ft.t, "blocks": k})
+        enc = VitEncoder(model, source=str(run_dir),
+                         meta={"t": ft.t, "blocks": k, "clean_input": ft.clean_input})
     else:
         from ..models.registry import get_size
         from .export import vit_kwargs

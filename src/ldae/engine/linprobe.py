@@ -11,7 +11,7 @@ with the Linear's weight drawn from a trunc-normal of std 0.01 (bounds +-2 absol
 so in effect N(0, 0.01^2)) and a zero bias. Optimiser: LARS (momentum 0.9, weight decay 0, 1-D
 params neither adapted nor decayed), ``lr = blr x batch / 256``, per-iteration linear warmup
 (10 epochs) then half-cycle cosine to 0 over 90 epochs; cross-entropy loss; top-1 / top-5 (%, top-5
-meaning top-min(5, classes)) on ``data.eval_split`` (the project tunes and reports on val).
+meaning top-min(5, classes)) on ``data.eval_split``, which is only reported, never selected on.
 
 Learning rate: the l-DAE paper's text gives lr 6.4e-3 at batch 16384, while MAE's LARS recipe
 (blr 0.1) gives lr = 0.1 x 16384 / 256 = 6.4 at that batch. We default to MAE's blr 0.1 and expose
@@ -25,9 +25,13 @@ Two modes:
   extracted once, without augmentation, and held in memory; one head per ``linprobe.lr_grid``
   blr is trained on them in the same pass (same mini-batches, one shared parameter-free BN, one
   LARS param group per head, each head from the same init), so head i is exactly the head a
-  single run at blr_i would give. The reported top-1/top-5 are those of the head with the best
-  eval top-1; every head's result is recorded.
-  (Heads trained together after DINOv2's ``setup_linear_classifiers``.)
+  single run at blr_i would give. (Heads trained together after DINOv2's
+  ``setup_linear_classifiers``.) The blr is selected without the reported split
+  (``linprobe.select=holdout``, :func:`select_and_fit`): the grid trains on the train split minus
+  a seeded ``linprobe.holdout`` share (10 %), the best holdout top-1 picks the blr, one head at
+  that blr is retrained on the whole train split, and that head's eval top-1/top-5 is the record
+  (every grid head's holdout and eval numbers are kept beside it, the latter for reference).
+  ``select=eval`` is the old, optimistically biased choice on the eval split itself.
 
 Sweeps (App. A; ``ldae linprobe --sweep``, :func:`run_sweep`): the fixed-t table (t x clean /
 noisy input at the encoder depth) and the enc. blocks table (k around the encoder depth, at
@@ -55,6 +59,7 @@ Mini-batches drop the last partial batch of each train epoch (MAE's drop_last); 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,6 +75,7 @@ from ..config import Config
 from ..data import (BatchAugment, BatchStream, build_dataset, epoch_permutation, full_images,
                     iterate_in_order, to_float)
 from ..dist import Runtime, setup
+from ..errors import ConfigError
 from ..logging import MetricsLog, progress
 from ..models.vit import VitEncoder
 from ..optim import LARS, scaled_lr, set_lr, warmup_cosine
@@ -78,7 +84,7 @@ BN_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6)
 HEAD_INIT_STD = 0.01  # MAE: trunc_normal_(head.weight, std=0.01)
 TOPK = 5
 # Random streams: every draw is a function of (train.seed, stream, step), so runs repeat exactly.
-STREAM_INIT, STREAM_AUG, STREAM_NOISE, STREAM_EXTRACT = 1, 2, 3, 4
+STREAM_INIT, STREAM_AUG, STREAM_NOISE, STREAM_EXTRACT, STREAM_HOLDOUT = 1, 2, 3, 4, 5
 
 
 def _seed(seed: int, stream: int, step: int = 0) -> int:
@@ -94,9 +100,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def out_stem(encoder: str) -> str:
-    """File stem in ``run_dir/eval``: ``linprobe`` for l-DAE, ``linprobe-{encoder}`` otherwise."""
-    return "linprobe" if encoder == "ldae" else f"linprobe-{encoder}"
+def out_stem(encoder: str, tag: str = "") -> str:
+    """File stem in ``run_dir/eval``: ``linprobe`` for l-DAE, ``linprobe-{encoder}`` otherwise,
+    then ``-{tag}`` when a tag is given (``ldae linprobe --tag``)."""
+    stem = "linprobe" if encoder == "ldae" else f"linprobe-{encoder}"
+    return f"{stem}-{tag}" if tag else stem
 
 
 def probe_blocks(cfg: Config, denoiser: nn.Module | None) -> list[int]:
@@ -156,7 +164,7 @@ def encode(denoiser: nn.Module | None, x: torch.Tensor, cfg: Config, rt: Runtime
             return [denoiser(x).float()]
     with torch.no_grad():
         return denoiser.features(x, lp.t, blocks, noisy=lp.noisy, generator=generator,
-                                 autocast=rt.autocast())
+                                 autocast=rt.autocast(), clean=lp.clean_input)
 
 
 def _prepare(denoiser: nn.Module | None, rt: Runtime) -> nn.Module | None:
@@ -281,19 +289,85 @@ def _chunks(feats: torch.Tensor, labels: torch.Tensor, size: int
 FitResult = tuple[LinearProbe, list[tuple[float, float]], int, float, float]
 
 
-def _fit_fast(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: list[int], batch: int,
-              lrs: list[float], log: MetricsLog) -> FitResult:
-    """Features cached once (no aug), one head per lr trained on the same mini-batches."""
+def _features_fast(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Features of both splits, extracted once without augmentation, and the extraction img/s."""
     d = cfg.data
     st_tr, st_ev = {}, {}
     ftr, ytr = extract_features(denoiser, train_ds, cfg, rt, blocks, stats=st_tr,
                                 desc=f"features {d.train_split}", stream_step=0)
     fev, yev = extract_features(denoiser, eval_ds, cfg, rt, blocks, stats=st_ev,
                                 desc=f"features {d.eval_split}", stream_step=1)
-    extract_rate = (len(train_ds) + len(eval_ds)) / max(st_tr["seconds"] + st_ev["seconds"], 1e-9)
-    probe, results, feat_dim, train_rate = _fit_cached(ftr[0], ytr, fev[0], yev, cfg, rt, batch,
-                                                       lrs, log)
-    return probe, results, feat_dim, extract_rate, train_rate
+    rate = (len(train_ds) + len(eval_ds)) / max(st_tr["seconds"] + st_ev["seconds"], 1e-9)
+    return ftr[0], ytr, fev[0], yev, rate
+
+
+def holdout_split(n: int, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, holdout) indices of the n train rows: a seeded random ``linprobe.holdout`` share
+    (at least 1 row, leaving at least 1) that selects the lr; sorted, disjoint, covering all."""
+    k = min(max(1, round(cfg.linprobe.holdout * n)), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+        _seed(cfg.train.seed, STREAM_HOLDOUT)))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def select_and_fit(ftr: torch.Tensor, ytr: torch.Tensor, fev: torch.Tensor, yev: torch.Tensor,
+                   cfg: Config, rt: Runtime, batch: int, blrs: list[float], log: MetricsLog,
+                   desc: str | None = None) -> dict:
+    """The lr grid on cached features, selected without looking at the reported split.
+
+    ``linprobe.select=holdout`` (default): every grid head trains on the train rows outside a
+    seeded ``linprobe.holdout`` share of the train split; the blr with the best top-1 on that
+    holdout is chosen; one head at that blr is then retrained on the whole train split (the
+    same schedule) and only it is evaluated for the record (sklearn's refit). The grid heads'
+    eval top-1 is recorded too, for reference only. ``select=eval`` picks the best head on the
+    eval split itself (the old fast mode: optimistically biased, kept to compare). A one-value
+    grid needs no selection: one head on the whole train split.
+
+    Returns {"probe": the reported head (a one-head LinearProbe), "top1", "top5", "best": index,
+    "grid": [{blr, lr, holdout_top1, holdout_top5, top1, top5}], "selection": {...}, "train_rate"}."""
+    lp = cfg.linprobe
+    lrs = [scaled_lr(b, batch) for b in blrs]
+    n = ftr.shape[0]
+    if len(blrs) == 1 or lp.select == "eval":
+        probe, res, _, rate = _fit_cached(ftr, ytr, fev, yev, cfg, rt, batch, lrs, log, desc)
+        best = max(range(len(blrs)), key=lambda i: res[i][0])  # ties: the first in grid order
+        grid = [{"blr": b, "lr": lr, "holdout_top1": None, "holdout_top5": None,
+                 "top1": r[0], "top5": r[1]} for b, lr, r in zip(blrs, lrs, res)]
+        sel = {"by": "none (one blr)" if len(blrs) == 1 else "eval (biased: selected on the "
+               "reported split)", "n_fit": n, "n_holdout": 0}
+        if len(blrs) > 1:
+            probe = _single_head(probe, best)
+        return {"probe": probe, "top1": res[best][0], "top5": res[best][1], "best": best,
+                "grid": grid, "selection": sel, "train_rate": rate}
+    fit_idx, ho_idx = holdout_split(n, cfg)
+    b_fit = min(batch, fit_idx.numel())
+    fit_lrs = [scaled_lr(b, b_fit) for b in blrs]
+    probe, ho, _, rate = _fit_cached(ftr[fit_idx], ytr[fit_idx], ftr[ho_idx], ytr[ho_idx], cfg, rt,
+                                     b_fit, fit_lrs, _Tagged(log, phase="select"),
+                                     f"{desc or 'linprobe heads'} (select on holdout)")
+    ev = evaluate(probe, _chunks(fev.to(rt.device, torch.float32), yev.to(rt.device), lp.batch_size))
+    best = max(range(len(blrs)), key=lambda i: ho[i][0])  # ties: the first in grid order
+    final, res, _, _ = _fit_cached(ftr, ytr, fev, yev, cfg, rt, batch, [lrs[best]],
+                                   _Tagged(log, phase="refit"),
+                                   f"{desc or 'linprobe head'} (refit blr {blrs[best]:g})")
+    grid = [{"blr": b, "lr": lr, "holdout_top1": h[0], "holdout_top5": h[1], "top1": e[0],
+             "top5": e[1]} for b, lr, h, e in zip(blrs, fit_lrs, ho, ev)]
+    sel = {"by": "holdout", "holdout": lp.holdout, "n_fit": int(fit_idx.numel()),
+           "n_holdout": int(ho_idx.numel()), "holdout_top1": ho[best][0],
+           "note": "grid heads trained on the train split minus the holdout and selected on it; "
+                   "the reported head retrained at the chosen blr on the whole train split; the "
+                   "grid's eval numbers are for reference, not used to select"}
+    return {"probe": final, "top1": res[0][0], "top5": res[0][1], "best": best, "grid": grid,
+            "selection": sel, "train_rate": rate}
+
+
+def _single_head(probe: "LinearProbe", i: int) -> "LinearProbe":
+    """Head i of a multi-head probe as a one-head probe (the shared BN's statistics kept)."""
+    one = LinearProbe(probe.heads[i].in_features, probe.heads[i].out_features, 1)
+    one.norm.load_state_dict(probe.norm.state_dict())
+    one.heads[0].load_state_dict(probe.heads[i].state_dict())
+    return one.to(probe.norm.running_mean.device)
 
 
 def _fit_cached(ftr: torch.Tensor, ytr: torch.Tensor, fev: torch.Tensor, yev: torch.Tensor,
@@ -349,7 +423,8 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
 
 
 # ------------------------------------------------------------------------------ run
-def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | None = None) -> dict:
+def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | None = None,
+        tag: str = "") -> dict:
     """Train and evaluate the linear probe of ``cfg.linprobe``; write ``eval/<stem>.json``.
 
     ``denoiser``: the trained l-DAE (encoder ``ldae``), its random-init twin (``random``) or None
@@ -365,7 +440,10 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
                          "builds it); only 'pixels' runs without one.")
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    stem = out_stem(lp.encoder)
+    if tag and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", tag):
+        raise ConfigError(f"--tag '{tag}' must be 1-64 letters, digits, '.', '_' or '-' (it names "
+                          "a file).")
+    stem = out_stem(lp.encoder, tag)
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     denoiser = _prepare(denoiser, rt)
     blocks = probe_blocks(cfg, denoiser)
@@ -386,25 +464,37 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     log_path.unlink(missing_ok=True)
     log = MetricsLog(run_dir / "eval", enabled=True, name=log_path.name)
 
-    fit = _fit_fast if lp.fast else _fit_full
-    probe, results, feat_dim, extract_rate, train_rate = fit(
-        denoiser, train_ds, eval_ds, cfg, rt, blocks, batch, lrs, log)
+    if lp.fast:
+        ftr, ytr, fev, yev, extract_rate = _features_fast(denoiser, train_ds, eval_ds, cfg, rt,
+                                                          blocks)
+        fit = select_and_fit(ftr, ytr, fev, yev, cfg, rt, batch, blrs, log)
+        probe, best, train_rate, feat_dim = fit["probe"], fit["best"], fit["train_rate"], ftr.shape[1]
+        top1, top5, grid, selection = fit["top1"], fit["top5"], fit["grid"], fit["selection"]
+    else:  # one blr, fixed in advance: nothing is selected
+        probe, results, feat_dim, extract_rate, train_rate = _fit_full(
+            denoiser, train_ds, eval_ds, cfg, rt, blocks, batch, lrs, log)
+        best, (top1, top5) = 0, results[0]
+        grid = [{"blr": blrs[0], "lr": lrs[0], "holdout_top1": None, "holdout_top5": None,
+                 "top1": top1, "top5": top5}]
+        selection = {"by": "none (one blr)", "n_fit": n_train, "n_holdout": 0}
     log.close()
+    if selection["by"] != "holdout" and len(blrs) > 1:
+        print(f"linprobe: warning: linprobe.select={lp.select} picks the blr on the split it "
+              "reports: the number is optimistically biased.", file=sys.stderr)
 
-    best = max(range(len(blrs)), key=lambda i: results[i][0])  # ties: the first in grid order
     head_path = run_dir / "eval" / f"{stem}-head.safetensors"
     with atomic_path(head_path) as tmp:
-        save_file(probe.head_state(best), str(tmp),
+        save_file(probe.head_state(0), str(tmp),
                   metadata={"encoder": lp.encoder, "blr": repr(blrs[best]), "lr": repr(lrs[best])})
     pixels, vit = denoiser is None, isinstance(denoiser, VitEncoder)
     rec = {
         "encoder": lp.encoder, "mode": "fast" if lp.fast else "full",
-        "top1": results[best][0], "top5": results[best][1], "topk": min(TOPK, d.num_classes),
+        "top1": top1, "top5": top5, "topk": min(TOPK, d.num_classes),
         "best_blr": blrs[best], "blr": blrs[best], "lr": lrs[best],
-        "grid": [{"blr": b, "lr": lr, "top1": r[0], "top5": r[1]}
-                 for b, lr, r in zip(blrs, lrs, results)],
+        "selection": selection, "grid": grid,
         "t": None if pixels else (denoiser.meta.get("t") if vit else lp.t),
         "noisy": None if pixels else lp.noisy,
+        "clean_input": None if pixels or vit or lp.noisy else lp.clean_input,
         "source": denoiser.source if vit else None,
         "blocks": blocks[0] if blocks else None, "feat_dim": feat_dim,
         "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs, "batch_size": batch,
@@ -470,7 +560,6 @@ def sweep_plan(cfg: Config, denoiser: nn.Module, defaults: bool = False) -> Swee
     (``ldae linprobe --sweep``), which fills it with App. A's grid: t in {0, 10, 20, 40, 80},
     clean and noisy input, and k = the encoder depth +- 3 clipped to [1, depth]. The encoder
     depth k0 is linprobe.blocks, or the model's encoder split when that is 0."""
-    from ..errors import ConfigError
 
     lp = cfg.linprobe
     if isinstance(denoiser, VitEncoder):
@@ -526,7 +615,7 @@ def extract_sweep(denoiser: nn.Module, dataset, cfg: Config, rt: Runtime, plan: 
         for (t, noisy), ks in plan.passes.items():
             with torch.no_grad():
                 out = denoiser.features(x, t, ks, noisy=noisy, generator=gens.get((t, noisy)),
-                                        autocast=rt.autocast())
+                                        autocast=rt.autocast(), clean=cfg.linprobe.clean_input)
             for k, f in zip(ks, out):
                 feats[(t, noisy, k)][i:i + m].copy_(f)
         labels[i:i + m] = yb
@@ -553,7 +642,6 @@ class _Tagged:
 def _cache_dtype(plan: SweepPlan, n_rows: int, width: int, budget_gb: float
                  ) -> tuple[torch.dtype, float]:
     """float32 if the whole cache fits ``budget_gb``, else float16; ConfigError if neither."""
-    from ..errors import ConfigError
 
     for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
         gb = len(plan.sets) * n_rows * width * size / 2 ** 30
@@ -578,8 +666,10 @@ def sweep_markdown(rec: dict) -> str:
              f"`{rec['train_split']}` ({rec['n_train']} images), {rec['epochs']} epochs, batch "
              f"{rec['batch_size']}. **Fast protocol** (always, for sweeps): features cached once "
              "without augmentation; one head per blr of linprobe.lr_grid "
-             f"{rec['lr_grid']}, the best on the eval split reported (a deviation from MAE's "
-             "protocol, which re-runs the encoder on augmented crops). "
+             f"{rec['lr_grid']}, selected by `linprobe.select={rec.get('select', 'eval')}` "
+             "(holdout: on a held-out share of the train split, then refit on all of it; the eval "
+             "split is only reported), a deviation from MAE's protocol, which re-runs the encoder "
+             "on augmented crops. "
              f"Feature cache: {rec['cache_dtype']}.", ""]
     if plan["t_table"]:
         ts = plan["t_grid"]
@@ -684,7 +774,7 @@ def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | Non
     width = denoiser.backbone.width
     dtype, cache_gb = _cache_dtype(plan, n_train + n_eval, width, lp.sweep_cache_gb)
     notes = ["sweep: fast protocol (features cached once without augmentation, lr grid of "
-             "heads, best on the eval split) - a deviation from MAE's protocol"]
+             f"heads selected by linprobe.select={lp.select}) - a deviation from MAE's protocol"]
     if not lp.fast:
         notes.append("linprobe.fast=false ignored: sweeps always use the fast protocol")
     if batch < lp.batch_size:
@@ -715,16 +805,14 @@ def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | Non
     rates = []
     for j, (t, noisy, k) in enumerate(plan.sets):
         key = (t, noisy, k)
-        _, results, _, rate = _fit_cached(
-            ftr.pop(key), ytr, fev.pop(key), yev, cfg, rt, batch, lrs,
+        fit = select_and_fit(
+            ftr.pop(key), ytr, fev.pop(key), yev, cfg, rt, batch, blrs,
             _Tagged(log, t=t, noisy=noisy, blocks=k),
             desc=f"sweep heads {j + 1}/{len(plan.sets)} t={t} {'noisy' if noisy else 'clean'} k={k}")
-        rates.append(rate)
-        best = max(range(len(blrs)), key=lambda i: results[i][0])  # ties: first in grid order
-        fits[key] = {"top1": results[best][0], "top5": results[best][1], "best_blr": blrs[best],
-                     "lr": lrs[best],
-                     "grid": [{"blr": b, "lr": lr, "top1": r[0], "top5": r[1]}
-                              for b, lr, r in zip(blrs, lrs, results)]}
+        rates.append(fit["train_rate"])
+        best = fit["best"]
+        fits[key] = {"top1": fit["top1"], "top5": fit["top5"], "best_blr": blrs[best],
+                     "lr": lrs[best], "selection": fit["selection"], "grid": fit["grid"]}
     log.close()
 
     cells = [{"table": table, "t": t, "noisy": noisy, "blocks": k, **fits[(t, noisy, k)]}
@@ -737,7 +825,8 @@ def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | Non
                  "k0": plan.k0, "t_table": any(c[0] == "t" for c in plan.cells),
                  "blocks_table": any(c[0] == "blocks" for c in plan.cells)},
         "depth": denoiser.backbone.depth, "feat_dim": width, "topk": min(TOPK, d.num_classes),
-        "lr_grid": blrs, "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs,
+        "lr_grid": blrs, "select": lp.select, "holdout": lp.holdout,
+        "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs,
         "batch_size": batch, "batch_size_requested": lp.batch_size,
         "steps_per_epoch": n_train // batch, "weight_decay": lp.weight_decay,
         "momentum": lp.momentum, "n_train": n_train, "n_eval": n_eval,

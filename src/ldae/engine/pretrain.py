@@ -351,6 +351,11 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                               start=trainer.step, num_workers=cfg.data.num_workers))
     augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip, cfg.data.image_size)
     B = cfg.optim.batch_size
+    monitor = None
+    if cfg.train.monitor_every > 0 and rt.is_main:
+        from .monitor import KnnMonitor
+
+        monitor = KnnMonitor(cfg, dataset, rt.device)
     bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
     timer = Timer()
     start_step = trainer.step
@@ -382,7 +387,9 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
             bar.update(B)
             s = trainer.step
             stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
-            if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
+            watch = monitor is not None and (s % cfg.train.monitor_every == 0 or s == stop)
+            if (s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now
+                    or watch):
                 lr = trainer.opt.param_groups[0]["lr"]
                 mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
                                                "enable optim.grad_clip, or check the data.",
@@ -392,8 +399,12 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                         "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
                         "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
                 wait_win, t_win = 0.0, now
+                if watch:  # its time is kept out of the next window's img/s and data_wait
+                    last.update(monitor(den))
+                    window.t0 = t_win = time.perf_counter()
                 log.write(last)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
+                                **({"knn": f"{last['knn_top1']:.1f}"} if "knn_top1" in last else {}))
             if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
                 checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
             if stop_now:
@@ -413,7 +424,9 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
                "device": str(rt.device), "params": den.backbone.num_params(),
                "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4),
                "nonfinite_skips": list(trainer.skipped),
-               "skipped_images": count_skipped(skipped) if skipped else 0}
+               "skipped_images": count_skipped(skipped) if skipped else 0,
+               "knn_top1": last.get("knn_top1"),
+               "monitor_seconds": round(monitor.seconds, 2) if monitor is not None else None}
     if preempted is not None:
         raise preempted
     if rt.is_main:

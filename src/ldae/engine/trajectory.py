@@ -198,8 +198,9 @@ def tokenizer_key(cfg: Config) -> str:
     # a default) leaves every existing key unchanged
     t = {k: v for k, v in cfg.tokenizer.__dict__.items() if v != default[k] or k in ("name", "dim")}
     t.pop("path", None)
-    if t["name"] == "pca":
+    if t["name"] == "pca":  # one fit serves every d and every latent scale
         t.pop("dim")
+        t.pop("scale", None)
     d = cfg.data
     src = {k: getattr(d, k) for k in ("source", "path", "image_size", "val_size", "train_split", "limit")}
     blob = json.dumps({"t": t, "d": src, "p": cfg.model.patch_size, "seed": cfg.train.seed},
@@ -476,7 +477,9 @@ def results_markdown(scale: str, recs: list[dict], out: Path) -> str:
              f"Command: `ldae trajectory --scale {scale} --out {out}"
              f"{' ' + ' '.join(meta.get('overrides', [])) if meta.get('overrides') else ''}`.",
              "Paper numbers: ImageNet-1k linear probe top-1 (%), ViT-1/2L, 400 epochs (FID-50K where "
-             "given). Ours: linear probe top-1 / top-5 (%) on this scale's eval split. "
+             "given). Ours: linear probe top-1 / top-5 (%) on this scale's eval split, the "
+             "probe's blr chosen on a holdout share of the train split (`linprobe.select`), the "
+             "eval split only reported. "
              "Δ = change from the row it modifies (its `inherit:` "
              "parent; Tab. 1, Tab. 3, Sec. 5), paper / ours; ✓ when both move the same way, ✗ when not.", ""]
     by_name = {rec["row"]: rec for rec in recs}

@@ -105,6 +105,10 @@ class Tokenizer(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, D) image tokens
         raise NotImplementedError
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)): the image tokens (B, L, D) the tokenizer can represent."""
+        return self.decode(self.encode(x))
+
     def project_full(self, r: torch.Tensor) -> torch.Tensor:
         """Residual coordinates in the tokenizer's full image-token basis (pixels by default)."""
         return r

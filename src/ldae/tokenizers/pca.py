@@ -7,8 +7,18 @@ variance) because Eq. 4 projects the residual on all D components. V is orthonor
 (V V^T = I), so with ``whiten=False`` (the paper) encode/decode is a rotation followed by a
 truncation; ``whiten=True`` divides each latent dim by its standard deviation (an ablation).
 
-encode: z = (x_patch - mean) V_d^T            (B, L, d)
-decode: x_patch = z V_d + mean                 (B, L, D)   (the "inverse PCA", V^T)
+The latent's global scale (``scale``; the paper is silent on it). ``none`` keeps the raw PCA
+coordinates, whose overall std grows with the patch energy (about 1.7 at 32 px / patch 4 / d = 4,
+2.4 at 64 px / patch 8 / d = 8, with the top component 2-4x that). ``unit`` divides every latent
+dim by one scalar s = sqrt(mean_i lambda_i, i <= d), the overall std of the kept latent on the fit
+data, so the latent has unit overall std as the conv VAE and patch AE/VAE latents do (LDM's
+scale_factor): V V^T = I up to that scalar, no per-dim whitening. s follows from the stored
+eigenvalues of the fit at the current d, so one fit serves every d (``with_dim``). In image space
+(decode(encode(x) + sigma eps)) ``unit`` is the same as noise sigma * s on the raw latent: the
+image-space input, output and Eq. 4 keep their image units.
+
+encode: z = (x_patch - mean) V_d^T / s         (B, L, d)    (s = 1 for scale=none)
+decode: x_patch = s z V_d + mean               (B, L, D)    (the "inverse PCA", V^T)
 """
 from __future__ import annotations
 
@@ -65,20 +75,26 @@ class CovarianceAccumulator:
 class PCATokenizer(Tokenizer):
     name = "pca"
 
-    def __init__(self, patch_size: int, dim: int, whiten: bool = False, channels: int = 3):
+    SCALES = ("none", "unit")
+
+    def __init__(self, patch_size: int, dim: int, whiten: bool = False, channels: int = 3,
+                 scale: str = "none"):
         super().__init__(patch_size, dim, channels)
+        if scale not in self.SCALES:
+            raise ValueError(f"scale={scale!r} must be one of {self.SCALES}")
         D = self.full_dim
-        self.whiten = whiten
+        self.whiten, self.scale = whiten, scale
         self.register_buffer("mean", torch.zeros(D))
         self.register_buffer("basis", torch.eye(D))  # (D, D), rows = components
         self.register_buffer("eigvals", torch.ones(D))
 
     @classmethod
     def from_config(cls, cfg) -> "PCATokenizer":
-        return cls(cfg.model.patch_size, cfg.tokenizer.dim, whiten=cfg.tokenizer.whiten)
+        return cls(cfg.model.patch_size, cfg.tokenizer.dim, whiten=cfg.tokenizer.whiten,
+                   scale=cfg.tokenizer.scale)
 
     def meta(self) -> dict:
-        return {**super().meta(), "whiten": self.whiten}
+        return {**super().meta(), "whiten": self.whiten, "scale": self.scale}
 
     def fit_data(self, data, tcfg, generator=None, show=True) -> dict:
         from ..logging import progress
@@ -94,6 +110,8 @@ class PCATokenizer(Tokenizer):
         bar.close()
         ev = self.explained_variance()
         return {"explained_variance_at_dim": float(ev[self.dim - 1]),
+                "latent_std": float(self.eigvals[: self.dim].mean().sqrt()),
+                "scale": float(self.global_scale()),
                 "explained_variance": [round(float(v), 6) for v in ev]}
 
     def filters(self) -> torch.Tensor:
@@ -104,7 +122,8 @@ class PCATokenizer(Tokenizer):
         """The full basis is kept, so any d in [1, D] is the same fit truncated differently."""
         if not 1 <= dim <= self.full_dim:
             raise ValueError(f"dim={dim} must be in [1, {self.full_dim}]")
-        tok = PCATokenizer(self.patch_size, dim, whiten=self.whiten, channels=self.channels)
+        tok = PCATokenizer(self.patch_size, dim, whiten=self.whiten, channels=self.channels,
+                           scale=self.scale)
         tok.load_state_dict(self.state_dict())
         return tok.to(self.mean.device)
 
@@ -128,17 +147,34 @@ class PCATokenizer(Tokenizer):
         self.basis.copy_(evecs[:, order].T.float())
         return self
 
-    def _scale(self) -> torch.Tensor:
-        return self.eigvals[: self.dim].clamp_min(1e-12).sqrt()
+    def global_scale(self) -> torch.Tensor:
+        """s of ``scale=unit``: the overall std of the kept (unwhitened) latent on the fit data,
+        sqrt(mean of the first d eigenvalues); 1 for ``scale=none`` or with ``whiten`` (whitened
+        latents already have unit std per dim)."""
+        if self.scale == "none" or self.whiten:
+            return torch.ones((), device=self.eigvals.device)
+        return self.eigvals[: self.dim].mean().clamp_min(1e-12).sqrt()
+
+    def latent_scale(self) -> torch.Tensor:
+        """The (d,) divisor that maps PCA coordinates to latents: sqrt(lambda_i) with ``whiten``,
+        else s of :meth:`global_scale` in every dim."""
+        if self.whiten:
+            return self.eigvals[: self.dim].clamp_min(1e-12).sqrt()
+        return self.global_scale().expand(self.dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = (self.to_tokens(x) - self.mean) @ self.basis[: self.dim].T
-        return z / self._scale() if self.whiten else z
+        return z if self.scale == "none" and not self.whiten else z / self.latent_scale()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.whiten:
-            z = z * self._scale()
+        if self.scale != "none" or self.whiten:
+            z = z * self.latent_scale()
         return z @ self.basis[: self.dim] + self.mean
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)) as image tokens: x's patches with the PCA residual (the components
+        beyond d) removed, ``(x - m) V_d^T V_d + m``. The latent scale cancels."""
+        return (self.to_tokens(x) - self.mean) @ self.basis[: self.dim].T @ self.basis[: self.dim] + self.mean
 
     def project_full(self, r: torch.Tensor) -> torch.Tensor:
         """Coordinates of image-token residuals in the full basis: r V^T, (B, L, D) (Eq. 4)."""
