@@ -31,12 +31,21 @@ def test_demo_end_to_end_on_a_toy_config(tmp_path, capsys):
 
 def test_pretrain_linprobe_info_commands(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["pretrain", "-c", "demo", "--out", str(out), *TOY]) == 0
+    assert main(["pretrain", "-c", "demo", "--out", str(out), *TOY, "train.ckpt_every=4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 8 and summary["img_per_s"] > 0
     assert main(["linprobe", "--out", str(out), "--fast", "linprobe.epochs=2"]) == 0
     res = json.loads((out / "eval" / "linprobe.json").read_text())
     assert res["encoder"] == "ldae" and res["epochs"] == 2 and res["eval_split"] == "val"
+    # an older checkpoint, probed beside the newest under its own tag, the projected clean input
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*.pt"))
+    assert main(["linprobe", "--out", str(out), "--fast", "--ckpt", str(ckpts[0]), "--tag", "first",
+                 "linprobe.epochs=2", "linprobe.clean_input=original"]) == 0
+    first = json.loads((out / "eval" / "linprobe-first.json").read_text())
+    assert first["weights"]["step"] == int(ckpts[0].stem.split("-")[1]) < res["weights"]["step"]
+    assert first["clean_input"] == "original" and res["clean_input"] == "projected"
+    assert (out / "eval" / "linprobe-first-head.safetensors").is_file()
+    assert main(["linprobe", "--out", str(out), "--fast", "--tag", "../x"]) == 2
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     assert "train_summary.json" in capsys.readouterr().out
@@ -86,3 +95,16 @@ def test_slurm_example_is_valid_bash_and_a_valid_ldae_command():
                                       "data.source=packed", "data.path=/data/in256"])
     cfg = load_config(args.config, args.overrides, check=False)
     assert cfg.data.source == "packed" and cfg.optim.batch_size > 0
+
+
+def test_demo_says_in_one_line_why_when_raw_pixels_win():
+    from ldae.config import load_config
+    from ldae.engine.demo import trail_note
+
+    digits = load_config("demo")
+    assert trail_note(digits, {"ldae": {"top1": 91.0}, "pixels": {"top1": 90.0}}) is None
+    note = trail_note(digits, {"ldae": {"top1": 80.0}, "pixels": {"top1": 89.5}})
+    assert "Why raw pixels win here (by 9.5 points)" in note and "\n" not in note
+    other = trail_note(load_config("demo", ["data.source=synthetic"]),
+                       {"ldae": {"top1": 20.0}, "pixels": {"top1": 30.0}})
+    assert "by 10.0 points" in other and "optim.epochs" in other

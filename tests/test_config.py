@@ -195,3 +195,30 @@ def test_all_sections_are_dataclasses():
     assert set(cfg.to_dict()) == {f.name for f in dataclasses.fields(cfg)}
     for f in dataclasses.fields(cfg):
         assert dataclasses.is_dataclass(getattr(cfg, f.name))
+
+
+def test_a_run_saved_before_tokenizer_scale_existed_keeps_its_raw_pca_latent(tmp_path):
+    """Runs written before `tokenizer.scale` read as scale=none (what they trained with), not as
+    today's default (unit); new configs default to unit."""
+    import yaml
+
+    from ldae.config import dump_yaml
+    from ldae.engine.common import read_run_config
+
+    cfg = load_config("demo")
+    assert cfg.tokenizer.scale == "unit" and cfg.linprobe.clean_input == "projected"
+    raw = yaml.safe_load(dump_yaml(cfg))
+    del raw["tokenizer"]["scale"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert read_run_config(tmp_path).tokenizer.scale == "none"
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
+    assert read_run_config(tmp_path).tokenizer.scale == "unit"
+
+
+def test_one_pca_fit_serves_every_latent_scale_in_the_trajectory():
+    from ldae.engine.trajectory import tokenizer_key
+
+    a = load_config("demo", ["tokenizer.scale=none"])
+    b = load_config("demo", ["tokenizer.scale=unit", "tokenizer.dim=8"])
+    assert tokenizer_key(a) == tokenizer_key(b)
+    assert tokenizer_key(a) != tokenizer_key(load_config("demo", ["tokenizer.whiten=true"]))

@@ -119,7 +119,7 @@ def test_export_cli_writes_files_that_timm_loads(tmp_path):
     vit = VisionTransformer(**json.loads((out / "config.json").read_text()))
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     assert main(["export", str(run), "--blocks", "9", "--out", str(out)]) == 2
-    proj = tmp_path / "exp-proj"
-    assert main(["export", str(run), "--blocks", "1", "--clean-input", "projected", "--out", str(proj)]) == 0
-    assert json.loads((proj / "export.json").read_text())["clean_input"] == "projected"
-    assert json.loads((out / "export.json").read_text())["clean_input"] == "original"
+    orig = tmp_path / "exp-orig"  # the default follows the run's linprobe.clean_input (projected)
+    assert main(["export", str(run), "--blocks", "1", "--clean-input", "original", "--out", str(orig)]) == 0
+    assert json.loads((orig / "export.json").read_text())["clean_input"] == "original"
+    assert json.loads((out / "export.json").read_text())["clean_input"] == "projected"

@@ -90,17 +90,19 @@ def pretrained(tmp_path_factory):
     return run, run.parent / "export"
 
 
-def test_ldae_start_is_the_folded_encoder(pretrained):
+@pytest.mark.parametrize("clean", ["original", "projected"])
+def test_ldae_start_is_the_folded_encoder(pretrained, clean):
     from ldae.engine.common import load_run
     from ldae.engine.finetune import build_model
 
     run, _ = pretrained
-    cfg = cfg_of()
+    cfg = cfg_of(f"finetune.clean_input={clean}")
     enc = build_model(cfg, run).eval()
+    assert enc.meta["clean_input"] == clean
     _, den = load_run(run)
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        ours = den.features(x, 10, [den.backbone.encoder_blocks])[0]
+        ours = den.features(x, 10, [den.backbone.encoder_blocks], clean=clean)[0]
         pooled = enc.model.forward_head(enc.model.forward_features(enc.normalize(x)), pre_logits=True)
     # the fine-tuning model adds MAE's LayerNorm before the head: undo it to compare the pool
     ln = enc.model.fc_norm

@@ -26,22 +26,32 @@ def test_knn_vote_by_hand():
     q = torch.tensor([[2.0, 0.2]])  # cosine: 0.995, 0.856, 0.0995, -0.995
     sims = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
     # k = 2: neighbours 0 (class 0) and 1 (class 1): class 0 has the larger weight exp(sim / T)
-    assert knn_predict(bank, labels, q, 3, k=2).item() == 0
+    kw = {"standardize": False}
+    assert knn_predict(bank, labels, q, 3, k=2, **kw).item() == 0
     # k = 3, T large (near-uniform votes): class 1 has two neighbours (1 and 2) against one
-    assert knn_predict(bank, labels, q, 3, k=3, temperature=1e6).item() == 1
+    assert knn_predict(bank, labels, q, 3, k=3, temperature=1e6, **kw).item() == 1
     # k = 3, T = 0.07: exp(0.995/0.07) beats exp(0.856/0.07) + exp(0.0995/0.07)
     w = (sims[0] / 0.07).exp()
     assert w[0] > w[1] + w[2]
-    assert knn_predict(bank, labels, q, 3, k=3).item() == 0
+    assert knn_predict(bank, labels, q, 3, k=3, **kw).item() == 0
+    # standardised by the bank: a query's neighbours are those of (q - mean) / std
+    mu, sd = bank.mean(0), bank.std(0)
+    assert knn_predict(bank, labels, q, 3, k=1).item() == \
+        knn_predict((bank - mu) / sd, labels, (q - mu) / sd, 3, k=1, **kw).item()
 
 
 def test_knn_with_uniform_votes_equals_sklearn_cosine_knn():
     g = torch.Generator().manual_seed(0)
     bank, q = torch.randn(300, 12, generator=g), torch.randn(80, 12, generator=g)
     y = (bank[:, 0] + 0.5 * bank[:, 1] > 0).long()  # two classes, k odd: no tied votes
+    bank = bank + torch.tensor([3.0] + [0.0] * 11)  # an offset, as DiT features have
     ours = knn_predict(bank, y, q, 2, k=7, temperature=1e9)
-    ref = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(bank.numpy(), y.numpy())
-    assert torch.equal(ours, torch.from_numpy(ref.predict(q.numpy())))
+    mu, sd = bank.mean(0), bank.std(0)
+    ref = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(((bank - mu) / sd).numpy(), y.numpy())
+    assert torch.equal(ours, torch.from_numpy(ref.predict(((q - mu) / sd).numpy())))
+    raw = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(bank.numpy(), y.numpy())
+    assert torch.equal(knn_predict(bank, y, q, 2, k=7, temperature=1e9, standardize=False),
+                       torch.from_numpy(raw.predict(q.numpy())))
 
 
 def test_monitor_sets_come_from_the_train_split_queries_from_the_probe_holdout():

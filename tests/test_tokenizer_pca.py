@@ -276,3 +276,20 @@ def test_whiten_with_unit_scale_is_plain_whitening():
     wu = PCATokenizer(P, dim=4, whiten=True, scale="unit").fit(batches(x))
     assert float(wu.global_scale()) == 1.0
     torch.testing.assert_close(w.encode(x), wu.encode(x))
+
+
+def test_a_fitted_file_is_read_at_the_configs_scale(tmp_path):
+    """`tokenizer.path` (a shared fit, as the trajectory's) serves any d and any latent scale:
+    the config decides both."""
+    from ldae.config import load_config
+    from ldae.engine.common import tokenizer_for
+
+    x = correlated_images(n=32)
+    PCATokenizer(P, dim=3).fit(batches(x)).save(tmp_path / "t.safetensors")
+    for scale in ("none", "unit"):
+        cfg = load_config(None, ["data.source=synthetic", "data.image_size=8", f"model.patch_size={P}",
+                                 "tokenizer.dim=5", f"tokenizer.scale={scale}",
+                                 f"tokenizer.path={tmp_path / 't.safetensors'}"])
+        tok = tokenizer_for(cfg, None)
+        assert tok.scale == scale and tok.dim == 5
+        assert (float(tok.global_scale()) == 1.0) == (scale == "none")

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "blocks = that depth +-3 at linprobe.t, clean input; linprobe.sweep_t / "
                         "sweep_noisy / sweep_blocks=[...] choose other grids. Writes "
                         "eval/linprobe-sweep.{json,md,png}")
+    p.add_argument("--ckpt", default=None, metavar="FILE",
+                   help="probe this checkpoint of the run (e.g. RUN/checkpoints/ckpt-00000351.pt) "
+                        "instead of the newest; name it with --tag")
     p.add_argument("--tag", default="",
                    help="suffix of the result files (eval/linprobe-TAG.json), to keep several probes "
                         "of one run side by side, e.g. --tag projected linprobe.clean_input=projected")
@@ -223,7 +226,10 @@ def cmd_linprobe(args) -> dict:
     overrides += _source_overrides(args, "linprobe.encoder")
     cfg = _run_or_preset_config(args, overrides)
     rt = setup(cfg.train.device, cfg.train.threads)
-    den = encoder_for(cfg, out, rt.device, use_ema=not args.no_ema)
+    if args.ckpt and cfg.linprobe.encoder != "ldae":
+        raise LdaeError("--ckpt names a checkpoint of the run's own encoder (--encoder ldae).")
+    den = encoder_for(cfg, out, rt.device, use_ema=not args.no_ema,
+                      ckpt=Path(args.ckpt) if args.ckpt else None)
     out.mkdir(parents=True, exist_ok=True)
     lp = cfg.linprobe
     if args.sweep or lp.sweep_t or lp.sweep_noisy or lp.sweep_blocks:

@@ -66,10 +66,11 @@ class TokenizerConfig:
     name: str = "pca"
     dim: int = 4  # d, latent dim per token
     whiten: bool = False  # off in the paper (V V^T = I); an ablation
-    # pca: the latent's global scale, none (raw PCA coordinates) | unit (one factor for unit
-    # overall std, as the learned tokenizers' latents; docs/results.md). The patch AE/VAE and conv
-    # VAE always scale to unit std (LDM's factor); pixel is the identity: neither reads this key
-    scale: str = "none"
+    # pca: the latent's global scale, unit (one factor for unit overall std, as the learned
+    # tokenizers' latents; the default by docs/open-points.md) | none (raw PCA coordinates). The
+    # patch AE/VAE and conv VAE always scale to unit std (LDM's factor); pixel is the identity:
+    # neither reads this key
+    scale: str = "unit"
     fit_images: int = 50000  # at most this many training images feed the fit
     patches_per_image: int = 0  # 0 = every patch of each image
     path: str = ""  # load a fitted tokenizer from here instead of fitting one
@@ -142,9 +143,10 @@ class TrainConfig:
 class LinprobeConfig:
     t: int = 10  # fixed timestep at transfer (App. A)
     noisy: bool = False  # clean input (default) or noisy input at t
-    # what "clean input" means for an image-space encoder: original (the image) | projected
-    # (decode(encode(x)), the PCA residual removed: the training inputs' distribution)
-    clean_input: str = "original"
+    # what "clean input" means for an image-space encoder: projected (decode(encode(x)), the PCA
+    # residual removed: the distribution the encoder trained on) | original (the image itself).
+    # Latent-input encoders take z0 either way; an exported ViT has its reading baked in
+    clean_input: str = "projected"
     blocks: int = 0  # encoder depth k; 0 = the model's encoder split
     blr: float = 0.1  # MAE's LARS base lr; the paper text says 6.4e-3 at batch 16384
     batch_size: int = 256
@@ -174,7 +176,7 @@ class FinetuneConfig:
     """End-to-end fine-tuning (App. B: MAE's protocol plus EMA). ``ldae finetune``."""
     init: str = "ldae"  # ldae (this run's encoder folded at t) | random (same ViT, timm init) | vit
     t: int = 10  # the fixed timestep folded into the encoder (clean input)
-    clean_input: str = "original"  # original | projected, as linprobe.clean_input
+    clean_input: str = "projected"  # projected | original, as linprobe.clean_input
     blocks: int = 0  # encoder depth k; 0 = the model's encoder split
     blr: float = 1e-3  # lr = blr x batch / 256: 4e-3 at the paper's batch 1024
     min_lr: float = 1e-6  # floor of the half-cycle cosine (MAE)
@@ -678,9 +680,6 @@ def validate(cfg: Config) -> None:
     _need(not uses_vit or cfg.vit.source != "",
           "linprobe.encoder=vit / finetune.init=vit need vit.source=... (an `ldae export` dir or "
           "timm:MODEL_NAME with vit.weights=FILE); on the CLI: --from SRC [--weights FILE].")
-    _need(not (lp.encoder == "vit" and lp.clean_input != "original"),
-          "linprobe.clean_input=projected needs the run's own denoiser (an exported ViT has its "
-          "input baked in: `ldae export --clean-input projected`); probe the run dir instead.")
     _need(not (lp.encoder == "vit" and lp.noisy),
           "linprobe.noisy=true needs the run's own denoiser (an exported ViT has no noise process); "
           "probe the run dir instead (linprobe.encoder=ldae).")

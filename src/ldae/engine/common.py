@@ -107,8 +107,8 @@ def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
     return build_denoiser(cfg, tokenizer).eval()
 
 
-def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True
-                ) -> Denoiser | None:
+def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True,
+                ckpt: Path | None = None) -> Denoiser | None:
     """What ``linprobe.encoder`` names: the run's trained denoiser, the same architecture at
     random init (with the run's tokenizer, or one fitted now), an outside ViT (``vit.source``:
     an ``ldae export`` dir or a timm checkpoint, as a ``VitEncoder``), or None for raw pixels."""
@@ -118,7 +118,7 @@ def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool 
 
         return load_vit(cfg.vit.source, cfg.vit.weights, cfg.data.image_size).to(device)
     if enc == "ldae":
-        return load_run(run_dir, use_ema=use_ema, device=device)[1]
+        return load_run(run_dir, use_ema=use_ema, device=device, ckpt=ckpt)[1]
     if enc == "random":
         from .fit_tokenizer import fit
 

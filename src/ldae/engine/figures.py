@@ -135,7 +135,7 @@ def default_caption(path: Path) -> str:
     known = {"fig3-schedules": "Fig. 3: noise schedules, γ_t² and σ_t against t.",
              "fig7-noise": "Fig. 7: pixel noise vs latent noise (inverse PCA), σ = √(1/3).",
              "fig8-denoising": "Fig. 8: clean / noisy (the network's input) / denoised.",
-             "training": "Training loss and learning rate against images seen.",
+             "training": "Training loss, learning rate and (when monitored) online kNN top-1 against images seen.",
              "trajectory": "Fig. 6: the deconstructive trajectory, paper beside ours.",
              "tab2": "Tab. 2: linear probe accuracy against the latent dim d, four tokenizers.",
              "fig5": "Fig. 5: pixel tokenizer at several image sizes, token count fixed."}
@@ -178,7 +178,7 @@ def _run_figures(run_dir: Path, out: Path, figs: Figures, t, n_images: int, dev,
 
     def curves():
         p = training_curves(run_dir, out / "training.png")
-        return p, (f"Training loss and learning rate of {run_dir.name} against images seen." if p
+        return p, (f"Training loss, learning rate and (when monitored) online kNN top-1 of {run_dir.name} against images seen." if p
                    else f"{run_dir}/metrics.jsonl is missing or holds no loss lines")
     figs.make("training", curves)
 

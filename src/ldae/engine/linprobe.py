@@ -496,6 +496,7 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
         "noisy": None if pixels else lp.noisy,
         "clean_input": None if pixels or vit or lp.noisy else lp.clean_input,
         "source": denoiser.source if vit else None,
+        "weights": getattr(denoiser, "loaded_from", None),
         "blocks": blocks[0] if blocks else None, "feat_dim": feat_dim,
         "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs, "batch_size": batch,
         "batch_size_requested": lp.batch_size, "steps_per_epoch": steps_per_epoch,
