@@ -1,13 +1,19 @@
 """Tables and plots of the l-DAE study (issue 14) from the run dirs it produced.
 
-    .venv/bin/python bench/ldae_study.py --final runs/final --chain runs/inv --out docs/figures
+    .venv/bin/python bench/ldae_study.py --final runs/final --chain runs/inv \
+        --keep docs/data/ldae-study --out docs/figures
 
-Reads only what the runs wrote (``eval/linprobe*.json``, ``metrics.jsonl``): the final
-``cifar10-cpu`` runs (``FINAL/{ldae,ddm,pixel}-s{SEED}`` with probes tagged ``ep1``, ``ep2``,
-``ep4``, ``ep8``, the final ``linprobe.json`` and, for the l-DAE, ``linprobe-original.json``;
-``FINAL/pixels{32,64}-s{SEED}`` raw-pixel probes) and the 1-epoch Tab. 3 chain
-(``CHAIN/traj-{none,unit}/rows/ROW``). Prints Markdown tables (mean and spread over seeds, val and
-the train-split holdout the probe selected on) and writes two figures:
+Reads only what the runs wrote (``eval/linprobe*.json``, ``train_summary.json``,
+``metrics.jsonl``): the final ``cifar10-cpu`` runs of ``bench/ldae_final.sh``
+(``FINAL/{ldae,ddm,pixel}-s{SEED}`` with probes tagged ``ep1``, ``ep4``, ``ep8``, the final
+``linprobe.json`` and, for the l-DAE, ``linprobe-original.json``; ``FINAL/pixels{32,64}-s{SEED}``
+raw-pixel probes) and the 1-epoch Tab. 3 chain (``CHAIN/traj-{none,unit}/rows/ROW``, probed with
+the original image and, tagged ``projected``, the projected one). ``--keep DIR`` copies those small
+files into DIR (the final runs' layout under ``DIR/final``; the chain as ``DIR/chain-1ep.json``,
+merged with what DIR already holds) so that the record outlives the run dirs; DIR can then be
+given as ``--final DIR/final`` and is read for the chain whenever it exists. Prints Markdown tables
+(mean and spread over seeds, val and the train-split holdout the probe selected on) and writes two
+figures:
 ``cifar10-cpu-ldae-vs-ddm.png`` (probe top-1 and the online kNN against epochs) and
 ``cifar10-cpu-tab3-chain.png`` (Tab. 3 at one epoch, latent scale none / unit, beside the paper).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -25,7 +32,7 @@ CHAIN = [("tab2-pca-d32", "patch-wise PCA baseline", 65.1), ("tab3-predict-z0", 
          ("tab3-image-input", "+ image input", 63.6), ("tab3-image-output", "+ image output", 63.9),
          ("tab3-ldae", "+ predict original image (l-DAE)", 64.5),
          ("tab3-single-level", "single noise level", 61.5)]
-EPOCHS = (1, 2, 4, 8)
+EPOCHS = (1, 4, 8)
 
 
 def probe(path: Path) -> dict | None:
@@ -92,21 +99,57 @@ def final_tables(final: Path) -> str:
     return "\n".join(lines)
 
 
-def chain_table(chain: Path) -> str:
+def collect_chain(chain: Path) -> dict:
+    """{row: {scale: {"original" | "projected": probe}}} from the chain's run dirs."""
+    rec: dict = {}
+    for row, _, _ in CHAIN:
+        for scale in ("none", "unit"):
+            d = chain / f"traj-{scale}" / "rows" / row / "eval"
+            for name, f in (("original", "linprobe.json"), ("projected", "linprobe-projected.json")):
+                p = probe(d / f)
+                if p:
+                    rec.setdefault(row, {}).setdefault(scale, {})[name] = p
+    return rec
+
+
+def merge_chain(chain: Path, keep: Path | None) -> dict:
+    """The kept record (if any) updated with what the run dirs hold now."""
+    rec: dict = {}
+    if keep is not None and (keep / "chain-1ep.json").is_file():
+        rec = json.loads((keep / "chain-1ep.json").read_text())
+    for row, scales in collect_chain(chain).items():
+        for scale, probes in scales.items():
+            rec.setdefault(row, {}).setdefault(scale, {}).update(probes)
+    return rec
+
+
+def keep_final(final: Path, keep: Path) -> None:
+    """Copy the final runs' small result files into KEEP/final/RUN (eval JSONs, summary, metrics)."""
+    for run in sorted(p for p in final.iterdir() if p.is_dir()):
+        dst = keep / "final" / run.name
+        files = [run / "train_summary.json", run / "metrics.jsonl", run / "config.yaml"]
+        files += sorted((run / "eval").glob("linprobe*.json"))
+        for f in files:
+            if f.is_file():
+                (dst / f.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dst / f.relative_to(run))
+
+
+def chain_table(rec: dict) -> str:
     lines = ["| row | paper | none: val (holdout) | none, projected | unit: val (holdout) | unit, projected |",
              "|---|---|---|---|---|---|"]
     for row, title, paper in CHAIN:
         cells = []
         for scale in ("none", "unit"):
-            d = chain / f"traj-{scale}" / "rows" / row / "eval"
-            main, proj = probe(d / "linprobe.json"), probe(d / "linprobe-projected.json")
+            got = rec.get(row, {}).get(scale, {})
+            main, proj = got.get("original"), got.get("projected")
             cells.append(f"{main['top1']:.2f} ({main['holdout']:.2f})" if main else "–")
             cells.append(f"{proj['top1']:.2f} ({proj['holdout']:.2f})" if proj else "")
         lines.append(f"| `{row}` {title} | {paper} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plots(final: Path, chain: Path, out: Path) -> None:
+def plots(final: Path, rec: dict, out: Path) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -146,15 +189,15 @@ def plots(final: Path, chain: Path, out: Path) -> None:
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("cifar10-cpu preset (64 px, patch 8, d = 8, mini), 2 seeds")
+    n = max((len(seeds(final, k)) for k in KINDS), default=0)
+    fig.suptitle(f"cifar10-cpu preset (64 px, patch 8, d = 8, mini), {n} seed{'' if n == 1 else 's'}")
     save_png(fig, out / "cifar10-cpu-ldae-vs-ddm.png")
 
     fig, ax = plt.subplots(figsize=(10, 4), constrained_layout=True)
     xs = list(range(len(CHAIN)))
     ax.plot(xs, [p for _, _, p in CHAIN], marker="s", color="k", label="paper (ImageNet, 400 ep)")
     for scale, c in (("none", "tab:red"), ("unit", "tab:blue")):
-        vals = [(probe(chain / f"traj-{scale}" / "rows" / r / "eval" / "linprobe.json") or {}).get("top1")
-                for r, _, _ in CHAIN]
+        vals = [(rec.get(r, {}).get(scale, {}).get("original") or {}).get("top1") for r, _, _ in CHAIN]
         pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", color=c, label=f"ours, 1 epoch, tokenizer.scale={scale}")
@@ -170,12 +213,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--final", type=Path, default=Path("runs/final"))
     ap.add_argument("--chain", type=Path, default=Path("runs/inv"))
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="copy the small result files here (a record that outlives the run dirs)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
+    rec = merge_chain(args.chain, args.keep)
+    if args.keep is not None:
+        if args.final.is_dir():
+            keep_final(args.final, args.keep)
+        args.keep.mkdir(parents=True, exist_ok=True)
+        (args.keep / "chain-1ep.json").write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     print(final_tables(args.final), "\n")
-    print(chain_table(args.chain))
+    print(chain_table(rec))
     if args.out:
-        plots(args.final, args.chain, args.out)
+        plots(args.final, rec, args.out)
 
 
 if __name__ == "__main__":
