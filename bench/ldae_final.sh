@@ -5,8 +5,9 @@
 # linear gamma^2 schedule, latent input and output); pixel = Fig. 5's pixel DDM (d = D = 192);
 # pixels32/64 = a linear probe on raw pixels at 32 px / 64 px. Each pretrained run is probed at
 # its end (clean input = projected, the default; the l-DAE also with the original image) and at
-# the checkpoints of epochs 1, 4 and 8. Two such jobs fit side by side on a 2-core machine with
-# THREADS=1 (the default); a job resumes where it stopped when run again.
+# the checkpoints of the epochs in EPOCH_PROBES (default "1 2 4"; "" skips them). Two such jobs
+# fit side by side on a 2-core machine with THREADS=1 (the default); a job resumes where it
+# stopped when run again.
 set -euo pipefail
 KIND=$1; SEED=$2; THREADS=${3:-1}
 LDAE=${LDAE:-.venv/bin/ldae}
@@ -32,6 +33,6 @@ probe() {  # TAG [args...]
 }
 probe ""
 [ "$KIND" = ldae ] && probe original linprobe.clean_input=original
-for ep in 1 4 8; do
+for ep in ${EPOCH_PROBES-1 2 4}; do
   probe ep$ep --ckpt "$OUT/checkpoints/ckpt-$(printf %08d $((351 * ep))).pt"
 done
