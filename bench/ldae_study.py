@@ -5,7 +5,7 @@
 
 Reads only what the runs wrote (``eval/linprobe*.json``, ``train_summary.json``,
 ``metrics.jsonl``): the final ``cifar10-cpu`` runs of ``bench/ldae_final.sh``
-(``FINAL/{ldae,ddm,pixel}-s{SEED}`` with probes tagged ``ep1``, ``ep4``, ``ep8``, the final
+(``FINAL/{ldae,ddm,pixel}-s{SEED}`` with probes tagged ``ep1``, ``ep2``, ``ep4``, the final
 ``linprobe.json`` and, for the l-DAE, ``linprobe-original.json``; ``FINAL/pixels{32,64}-s{SEED}``
 raw-pixel probes) and the 1-epoch Tab. 3 chain (``CHAIN/traj-{none,unit}/rows/ROW``, probed with
 the original image and, tagged ``projected``, the projected one). ``--keep DIR`` copies those small
@@ -32,7 +32,7 @@ CHAIN = [("tab2-pca-d32", "patch-wise PCA baseline", 65.1), ("tab3-predict-z0", 
          ("tab3-image-input", "+ image input", 63.6), ("tab3-image-output", "+ image output", 63.9),
          ("tab3-ldae", "+ predict original image (l-DAE)", 64.5),
          ("tab3-single-level", "single noise level", 61.5)]
-EPOCHS = (1, 4, 8)
+EPOCHS = (1, 2, 4)
 
 
 def probe(path: Path) -> dict | None:
