@@ -8,7 +8,9 @@ LDAE_FAULT picks the fault (none: a plain run):
              (the temporary file is left behind, as a real kill would leave it)
   digest:K   the K-th checkpoint write: SIGKILL after its sha256 sidecar is in place, before the
              checkpoint itself is renamed into place
-  signal:N:SIG  send itself SIG (TERM or USR1) after step N; the run should save and exit 75
+  signal:N:SIG  send itself SIG (TERM, USR1 or INT) after step N; the run should save and exit
+             75 (130 for INT)
+  early:SIG  send itself SIG while the run starts up (when it builds its dataset), before step 1
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ def install(fault: str) -> None:
             return out
 
         pretrain.Trainer.train_step = train_step
+    elif kind == "early":
+        real_build = pretrain.build_dataset
+
+        def build_dataset(*a, **k):
+            os.kill(os.getpid(), getattr(signal, f"SIG{arg}"))
+            return real_build(*a, **k)
+
+        pretrain.build_dataset = build_dataset
     elif kind in ("save", "digest"):
         count = {"n": 0}
         real_save, real_text = checkpoint.torch.save, checkpoint.atomic_write_text
@@ -49,8 +59,11 @@ def install(fault: str) -> None:
             count["n"] += 1
             real_save(state, f, *a, **k)
             if kind == "save" and count["n"] == int(arg):
-                size = os.path.getsize(f)
-                with open(f, "rb+") as fh:
+                if hasattr(f, "flush"):  # checkpoint.save hands torch an open file
+                    f.flush()
+                name = getattr(f, "name", f)
+                size = os.path.getsize(name)
+                with open(name, "rb+") as fh:
                     fh.truncate(size // 2)
                 _kill()
 

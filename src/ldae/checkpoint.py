@@ -16,6 +16,7 @@ costs the steps since the previous checkpoint, never the run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,9 @@ import torch
 from .errors import CheckpointError
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+#: a checkpoint (or its sidecar) that failed verification, moved aside by ``load_latest``
+BAD_SUFFIX = ".bad"
 
 
 @contextlib.contextmanager
@@ -44,6 +48,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user knows, not the temporary (disk full, ...)
+        if e.filename not in (None, str(tmp)) or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -69,36 +77,86 @@ def digest_path(path: str | Path) -> Path:
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically, its sha256 sidecar first."""
+    """Write ``state`` to ``path`` atomically, its sha256 sidecar first. A write that fails
+    (disk full, file size limit) raises OSError naming ``path`` and leaves nothing behind."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            with open(tmp, "wb") as f:  # a Python file: a failed write keeps its errno
+                torch.save(state, f)
+        except RuntimeError as e:  # torch's zip writer reports a short write as "unexpected pos"
+            cause = e.__context__
+            if isinstance(cause, OSError) and cause.errno is not None:
+                raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from None
+            raise OSError(errno.EIO, f"writing the checkpoint failed ({e})", str(path)) from None
+        except OSError as e:  # closing the file flushes its last buffer: the error may come here
+            raise OSError(e.errno, e.strerror, str(path)) from None
         atomic_write_text(digest_path(path), sha256_file(tmp) + "\n")
 
 
-def verify(path: str | Path) -> None:
-    """Raise CheckpointError if ``path`` does not match its sha256 sidecar (files without one,
-    e.g. from outside ldae, are not checked)."""
+def verify(path: str | Path, require_digest: bool = False) -> bool:
+    """Check ``path`` against its sha256 sidecar; True if it matched, False if there is no
+    sidecar and ``require_digest`` is off (a file from outside ldae). Raises CheckpointError when
+    the digest differs, when the sidecar is unreadable or not a digest (wrong encoding or
+    length), or when it is missing and ``require_digest`` is on: every checkpoint ldae writes has
+    one, so a run's own checkpoint without it cannot be trusted."""
     path = Path(path)
     side = digest_path(path)
-    if side.is_file():
-        want = side.read_text().strip()
+    try:
+        if not side.is_file():
+            if require_digest:
+                raise CheckpointError(
+                    f"checkpoint {path} has no sha256 sidecar ({side.name}), so it cannot be "
+                    "verified (ldae writes one with every checkpoint: the file may have been "
+                    f"altered or copied without it). To use it anyway, name it: --resume {path} "
+                    "(or --ckpt) loads it unverified, with a warning.")
+            return False
+        want = side.read_bytes().decode("ascii").strip()
+        if not DIGEST_RE.match(want):
+            raise CheckpointError(f"checkpoint {path} cannot be verified: {side.name} does not hold "
+                                  "a sha256 digest (64 hexadecimal characters).")
         got = sha256_file(path)
-        if got != want:
-            raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 {got[:12]}... does not "
-                                  f"match {side.name} ({want[:12]}...).")
+    except CheckpointError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be verified ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}).") from None
+    if got != want:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 {got[:12]}... does not "
+                              f"match {side.name} ({want[:12]}...).")
+    return True
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _refusal(path: Path, e: Exception, what: str) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, without torch's advice to retry
+    with ``weights_only=False`` (that is the one thing never to do with a file one did not make)."""
+    msg = str(e)
+    if "Weights only load failed" in msg or "Unsupported global" in msg or "Unpickler" in msg:
+        reason = next((ln.strip() for ln in msg.splitlines() if "Unpickler error" in ln
+                       or "Unsupported" in ln), "").removeprefix("WeightsUnpickler error: ")
+        reason = reason.split(". ")[0]  # without torch's advice on allowing the global
+        return (f"refused to load {what} {path}: it holds objects that would run code when "
+                f"unpickled ({reason[:200] or type(e).__name__}). ldae loads only tensors and plain "
+                "data. Do not bypass this (never load it with weights_only=False); re-save the "
+                "weights as tensors (a state_dict, or .safetensors) from code you trust.")
+    return (f"cannot load {what} {path} safely ({type(e).__name__}: {' '.join(msg.split())[:300]}). "
+            "It may be truncated, corrupt, or hold objects that would run code; ldae loads only "
+            "tensors and plain data.")
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", require_digest: bool = False,
+         warn=None) -> dict[str, Any]:
+    """A checkpoint's state, verified against its sidecar (see ``verify``); with ``warn``, a file
+    loaded without a sidecar is reported through it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.")
-    verify(path)
+    if not verify(path, require_digest) and warn is not None:
+        warn(f"warning: {path} has no sha256 sidecar; it is loaded unverified.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot load checkpoint {path} safely ({type(e).__name__}: {e}). "
-                              "It may be truncated, corrupt, or hold objects that would run code; "
-                              "ldae loads only tensors and plain data.") from None
+        raise CheckpointError(_refusal(path, e, "checkpoint")) from None
 
 
 def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
@@ -109,17 +167,17 @@ def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu",
     CheckpointError when checkpoints exist but none loads."""
     failed = []
     for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return load(path, map_location), path
+        try:  # a run's own checkpoint must carry its digest
+            return load(path, map_location, require_digest=True), path
         except CheckpointError as e:
             failed.append(str(e))
             warn(f"warning: skipping {path.name}, falling back to the previous checkpoint: {e}")
             if set_aside:
                 with contextlib.suppress(OSError):
-                    os.replace(path, path.with_name(path.name + ".bad"))
+                    os.replace(path, path.with_name(path.name + BAD_SUFFIX))
                     side = digest_path(path)
                     if side.exists():
-                        os.replace(side, side.with_name(side.name + ".bad"))
+                        os.replace(side, side.with_name(side.name + BAD_SUFFIX))
     if failed:
         raise CheckpointError(f"no checkpoint of {run_dir} loads: {' | '.join(failed)}")
     return None
@@ -137,9 +195,7 @@ def load_tensor_file(path: str | Path, hint: str = "") -> Any:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read {path} safely ({type(e).__name__}: {e}). It may be "
-                              "truncated or corrupt, or hold objects that would run code; ldae "
-                              f"loads only tensors and plain data.{' ' + hint if hint else ''}") from None
+        raise CheckpointError(_refusal(path, e, "weights file") + (f" {hint}" if hint else "")) from None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -164,24 +220,40 @@ def latest(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def set_aside(run_dir: str | Path) -> list[Path]:
+    """The checkpoints ``load_latest`` moved aside as ``*.bad``: a run that has them had state."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted(folder.glob(f"ckpt-*.pt{BAD_SUFFIX}")) if folder.is_dir() else []
+
+
 def save_rotating(run_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save ``state`` as the run's checkpoint of ``step``, then keep only the newest ``keep``."""
+    """Save ``state`` as the run's checkpoint of ``step``, then keep only the newest ``keep`` of
+    those up to ``step`` (a newer one, from another history of the run dir, is never deleted)."""
     path = checkpoint_path(run_dir, step)
     save(path, state)
-    prune(run_dir, keep)
+    prune(run_dir, keep, up_to=step)
     return path
 
 
-def prune(run_dir: str | Path, keep: int) -> None:
-    for p in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+def prune(run_dir: str | Path, keep: int, up_to: int | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (of steps <= ``up_to`` when given), each
+    file before its sidecar (a kill in between leaves an orphan sidecar, never an unverifiable
+    checkpoint; ``remove_stale_temporaries`` cleans orphans)."""
+    ckpts = [p for p in list_checkpoints(run_dir) if up_to is None or step_of(p) <= up_to]
+    for p in ckpts[:-keep] if keep > 0 else []:
         p.unlink(missing_ok=True)
         digest_path(p).unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
-    """Delete the ``.ckpt-*.tmp`` files a killed writer left behind (never a finished file)."""
+    """Delete what a killed writer left behind: ``.ckpt-*.tmp`` files (never a finished file)
+    and sidecars whose checkpoint is gone (killed while pruning, or before the rename)."""
     folder = Path(run_dir) / "checkpoints"
-    stale = sorted(folder.glob(".ckpt-*.tmp")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    stale = sorted(folder.glob(".ckpt-*.tmp"))
+    stale += sorted(p for p in folder.glob("ckpt-*.pt.sha256")
+                    if not p.with_name(p.name[: -len(".sha256")]).exists())
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

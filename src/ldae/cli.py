@@ -18,11 +18,14 @@
     ldae demo          [--out DIR] [key=value ...]
     ldae info          [RUN_DIR]
 
-Errors caused by input print one paragraph and exit with status 2.
+Errors caused by input print one paragraph and exit with status 2; an error of the operating
+system (disk full, no permission) one paragraph and status 74; a run stopped by SIGTERM/SIGUSR1
+after saving exits 75, by Ctrl-C 130 (see ``ldae.preempt``).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
                    help="a corrupt, truncated or empty image file or an empty class folder: stop "
                    "naming it (error, default) or leave it out and list it in meta.json (skip)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="an image with more pixels is a bad image (decompression-bomb guard; "
+                   "default: data.max_image_pixels = 40,000,000)")
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -292,9 +298,97 @@ def _one_paragraph(e: BaseException) -> str:
     return shown(" ".join(msg.split()), 2000) or type(e).__name__
 
 
+EXIT_OS_ERROR = 74  # sysexits' EX_IOERR: disk full, no permission, ...
+#: the commands that train (their signal handlers go in before anything slow)
+TRAINING = ("pretrain", "finetune")
+
+
+def _check_out(value: str | None, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work: empty, an existing file, under
+    a file, or in a folder this user cannot write."""
+    from .config import shown
+
+    if value is None:
+        return
+    if not value.strip():
+        raise LdaeError(f"{flag} is empty; give a folder, e.g. {flag} runs/my-run.")
+    path = Path(value)
+    try:
+        if path.exists() and not path.is_dir():
+            raise LdaeError(f"{flag} {shown(value)} is a file, not a folder; give a new or existing "
+                            "folder.")
+        base = path
+        while not base.exists() and base.parent != base:
+            base = base.parent
+        if not base.is_dir():
+            raise LdaeError(f"{flag} {shown(value)}: {shown(base)} is a file, so no folder can be made "
+                            "under it; choose another path.")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise LdaeError(f"{flag} {shown(value)}: no permission to write in {shown(base)}; choose a "
+                            "folder you can write, or change its permissions.")
+    except OSError as e:
+        raise LdaeError(f"{flag} {shown(value, 200)} cannot be used as a folder "
+                        f"({e.strerror or type(e).__name__}); choose another path.") from None
+
+
+def _at_least(name: str, value: int | None, low: int, what: str) -> None:
+    if value is not None and value < low:
+        raise LdaeError(f"{name} {value} must be >= {low} ({what}).")
+
+
+def check_args(args) -> None:
+    """Empty or nonsensical command-line values, refused before any work starts."""
+    if args.cmd in ("info", "figures", "trajectory", "sample"):
+        _check_out(getattr(args, "out", None))
+    elif args.cmd == "prepare-data":
+        _check_out(args.dst, "DST")
+        _at_least("--size", args.size, 1, "the stored image size in pixels")
+        _at_least("--workers", args.workers, 0, "decode processes; 0 = all cores")
+        _at_least("--max-image-pixels", args.max_image_pixels, 1, "the decompression-bomb ceiling")
+        if not [x for x in args.splits.split(",") if x.strip()]:
+            raise LdaeError(f"--splits {args.splits!r} names no split folder; give a comma list "
+                            "such as --splits train,val.")
+    elif hasattr(args, "out"):
+        _check_out(args.out)
+    if args.cmd in ("pretrain", "finetune"):
+        _at_least("--max-steps", args.max_steps, 1, "the run stops after that many steps")
+    if args.cmd == "sample":
+        _at_least("--n", args.n, 1, "the number of images to generate")
+    if args.cmd == "fid":
+        _at_least("--n", args.n, 2, "the number of samples scored")
+    if args.cmd in ("sample", "fid"):
+        _at_least("--steps", args.steps, 1, "reverse diffusion steps")
+    if args.cmd == "export":
+        _at_least("--t", args.t, 0, "the timestep folded into the ViT")
+        _at_least("--blocks", args.blocks, 0, "encoder depth; 0 = the model's split")
+
+
+def _os_error(e: OSError) -> str:
+    """An error of the operating system as one paragraph that names the file and the way out."""
+    from .config import shown
+
+    where = shown(e.filename, 300) if e.filename else "a file"
+    if e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
+        return (f"disk full (or file size limit) while writing {where}; free space and rerun the "
+                "same command (with --resume auto for a training run: it continues from its last "
+                "checkpoint; nothing half-written is left).")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"no permission to write {where} ({e.strerror}); choose a folder you can write, or "
+                "change its permissions.")
+    if e.errno == errno.ENOTDIR:
+        return f"{where}: a part of this path is a file, not a folder; choose another path."
+    if e.errno == errno.EEXIST:
+        return f"{where} already exists as a file; choose another path."
+    return f"{e.strerror or type(e).__name__}: {where}."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.cmd in TRAINING:  # SIGTERM/SIGUSR1/SIGINT set a flag from here on (ldae.preempt)
+        from .preempt import install
+
+        install()
     # key=value overrides may also follow the flags (argparse stops the positional list at the
     # first flag): collect them; anything else is a real error
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
@@ -304,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
         parser.error(f"unrecognized arguments: {shown(' '.join(extra), 300)}")
     try:
+        check_args(args)
         if args.cmd == "info":
             cmd_info(args)
         elif args.cmd == "fit-tokenizer":
@@ -371,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             from .data.packed import prepare
 
             meta = prepare(Path(args.src), Path(args.dst), args.size,
-                           [x for x in args.splits.split(",") if x], args.workers,
-                           on_bad_image=args.on_bad_image)
+                           [x.strip() for x in args.splits.split(",") if x.strip()], args.workers,
+                           on_bad_image=args.on_bad_image, max_pixels=args.max_image_pixels)
             print(json.dumps(meta, indent=2))
             print(f"use it with: data.source=packed data.path={args.dst} data.image_size={args.size} "
                   f"data.num_classes={len(meta['classes'])}")
@@ -393,11 +488,21 @@ def main(argv: list[str] | None = None) -> int:
     except LdaeError as e:
         print(f"ldae {args.cmd}: error: {_one_paragraph(e)}", file=sys.stderr)
         from .engine.pretrain import EXIT_NONFINITE, NonFiniteLoss
-        from .preempt import EXIT_PREEMPTED, Preempted
+        from .preempt import Preempted
 
         if isinstance(e, Preempted):
-            return EXIT_PREEMPTED
+            return e.exit_code
         return EXIT_NONFINITE if isinstance(e, NonFiniteLoss) else 2
+    except OSError as e:
+        print(f"ldae {args.cmd}: error: {_one_paragraph(_os_error(e))}", file=sys.stderr)
+        return EXIT_OS_ERROR
+    except KeyboardInterrupt:
+        from .preempt import EXIT_INTERRUPTED
+
+        print(f"ldae {args.cmd}: interrupted; files are written atomically, so nothing "
+              "half-written is left (a training run continues with --resume auto from its last "
+              "checkpoint).", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -48,6 +48,7 @@ class DataConfig:
     num_workers: int = 0
     synthetic_size: int = 256  # images per split of the synthetic source (tests only)
     on_bad_image: str = "error"  # error (stop, naming the file) | skip (count and list in the run dir)
+    max_image_pixels: int = 40_000_000  # a larger image file is a bad image (decompression bomb)
 
 
 @dataclass
@@ -684,6 +685,11 @@ def validate(cfg: Config) -> None:
           "linprobe.noisy=true needs the run's own denoiser (an exported ViT has no noise process); "
           "probe the run dir instead (linprobe.encoder=ldae).")
     _need(cfg.train.max_nonfinite_skips >= 0, "train.max_nonfinite_skips must be >= 0.")
+    _need(cfg.train.keep_ckpts >= 1, f"train.keep_ckpts={cfg.train.keep_ckpts} must be >= 1 (the "
+          "newest checkpoints kept; a run needs at least its last one to resume).")
+    _need(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0 (0 = load in the "
+          "main process).")
+    _need(d.max_image_pixels >= 1, f"data.max_image_pixels={d.max_image_pixels} must be >= 1.")
     _need(cfg.train.monitor_every >= 0 and cfg.train.monitor_bank > 0 and cfg.train.monitor_queries > 0,
           "train.monitor_every must be >= 0 (0 = off), train.monitor_bank and "
           "train.monitor_queries > 0.")

@@ -220,7 +220,7 @@ def build_dataset(cfg, split: str) -> Dataset:
         from .folder import ImageFolderDataset
 
         return ImageFolderDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit,
-                                  on_bad_image=d.on_bad_image)
+                                  on_bad_image=d.on_bad_image, max_pixels=d.max_image_pixels)
     if d.source == "packed":
         from .packed import PackedDataset
 

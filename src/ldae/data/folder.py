@@ -10,6 +10,11 @@ decode is replaced by the next readable image in dataset order (i+1, i+2, ..., w
 recorded in ``read_skipped`` and, when ``skip_log`` is set, as one JSON line in that file
 (see ``datasets.write_skip_log``).
 
+Decompression bombs: an image whose header declares more than ``max_pixels`` pixels
+(``data.max_image_pixels``, default 40 million: every ImageNet image is far below, a 13,000 x
+13,000 PNG of a few kB is far above) is a bad image like a corrupt one, found from the header
+alone before any pixel is decoded; Pillow's own warning is silenced (ldae reports it instead).
+
 Unusual but valid images are not bad: grayscale, palette, CMYK, 16-bit and tiny images all come
 out RGB uint8; an alpha channel is dropped (the colour under it is kept, as torchvision's
 ``convert("RGB")`` loader does). Truncated files are never padded: Pillow's
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,8 @@ from ..errors import DataError
 from .datasets import IMG_EXTS, POLICIES
 
 EMPTY_CLASS = "empty class folder"
+#: ``data.max_image_pixels``: a larger image is refused before it is decoded (decompression bomb)
+MAX_PIXELS = 40_000_000
 ZERO_BYTES = "zero-byte file"
 
 
@@ -41,7 +49,7 @@ def _fix(skip_hint: str = SKIP) -> str:
 
 class ImageFolderDataset(Dataset):
     def __init__(self, root: Path, split: str, image_size: int, num_classes: int, limit: int = 0,
-                 on_bad_image: str = "error", skip_hint: str = SKIP):
+                 on_bad_image: str = "error", skip_hint: str = SKIP, max_pixels: int = MAX_PIXELS):
         if on_bad_image not in POLICIES:
             raise ValueError(f"on_bad_image={on_bad_image!r}; choices: {', '.join(POLICIES)}")
         folder = Path(root) / split
@@ -83,7 +91,7 @@ class ImageFolderDataset(Dataset):
                             f"(data.on_bad_image=skip), first {first['path']} ({first['reason']}).")
         if limit:
             self.samples = self.samples[:limit]
-        self.image_size = image_size
+        self.image_size, self.max_pixels = image_size, max_pixels
         self.labels = torch.tensor([c for _, c in self.samples], dtype=torch.long)
         self.read_skipped: list[dict] = []  # files that failed to decode, in this process
         self.skip_log: Path | None = None  # JSONL file every read-time skip is appended to
@@ -95,14 +103,15 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if self.on_bad_image == "error":
             path, label = self.samples[i]
-            return torch.from_numpy(load_image(path, self.image_size)).permute(2, 0, 1), label
+            img = load_image(path, self.image_size, max_pixels=self.max_pixels)
+            return torch.from_numpy(img).permute(2, 0, 1), label
         n = len(self.samples)
         for k in range(n):
             j = (i + k) % n
             if j in self._bad:
                 continue
             path, label = self.samples[j]
-            arr, reason = try_load_image(path, self.image_size)
+            arr, reason = try_load_image(path, self.image_size, self.max_pixels)
             if arr is not None:
                 return torch.from_numpy(arr).permute(2, 0, 1), label
             self._record(j, path, reason)
@@ -128,10 +137,29 @@ def append_jsonl(path: Path, entries: list[dict]) -> None:
         os.close(fd)
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def _open(path: Path, max_pixels: int):
+    """``Image.open`` (header only) refusing more than ``max_pixels`` pixels, without Pillow's
+    warning on the console."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"decompression bomb ({e})") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ValueError(f"{w} x {h} = {w * h:,} pixels exceeds data.max_image_pixels="
+                         f"{max_pixels:,} (a decompression-bomb guard; raise it if the image is real)")
+    return im
+
+
+def _decode(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    from PIL import Image
+
+    with _open(path, max_pixels) as im:
         if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey: scale, not clip
             a = np.asarray(im).astype(np.float64)
             im = Image.fromarray((np.clip(a, 0, 65535) / 257.0).round().astype(np.uint8))
@@ -146,19 +174,21 @@ def _decode(path: Path, size: int) -> np.ndarray:
         return np.array(im, dtype=np.uint8)
 
 
-def try_load_image(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+def try_load_image(path: Path, size: int, max_pixels: int = MAX_PIXELS
+                   ) -> tuple[np.ndarray | None, str | None]:
     """``(image, None)`` as :func:`load_image` gives it, or ``(None, reason)`` when the file cannot
     be decoded (corrupt, truncated, not an image)."""
     try:
-        return _decode(path, size), None
+        return _decode(path, size, max_pixels), None
     except Exception as e:
         return None, (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
 
 
-def load_image(path: Path, size: int, skip_hint: str = SKIP) -> np.ndarray:
+def load_image(path: Path, size: int, skip_hint: str = SKIP, max_pixels: int = MAX_PIXELS
+               ) -> np.ndarray:
     """One image file -> uint8 (size, size, 3): RGB, short side resized to ``size`` (bicubic),
     center-cropped. The one decode path of ImageFolder reads and of ``ldae prepare-data``."""
-    arr, reason = try_load_image(path, size)
+    arr, reason = try_load_image(path, size, max_pixels)
     if arr is None:
         raise DataError(f"cannot read image {path} ({reason}); {_fix(skip_hint)}.")
     return arr

@@ -58,13 +58,13 @@ def _load(args) -> tuple[np.ndarray | None, str | None]:
 
 
 def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0,
-            show: bool = True, on_bad_image: str = "error") -> dict:
+            show: bool = True, on_bad_image: str = "error", max_pixels: int | None = None) -> dict:
     """Pack ``src/<split>/<class>/*`` for each split into ``dst`` (see the module docstring)."""
     from multiprocessing import get_context
 
     from ..checkpoint import atomic_path, atomic_write_json
     from ..logging import Timer, progress
-    from .folder import ImageFolderDataset
+    from .folder import MAX_PIXELS, ImageFolderDataset
 
     src, dst = Path(src), Path(dst)
     if size <= 0:
@@ -89,7 +89,7 @@ def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0
         kept: list[int] = []
         with atomic_path(img_path) as tmp, contextlib.ExitStack() as stack:
             out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
-            jobs = [(p, size) for p, _ in f.samples]
+            jobs = [(p, size, max_pixels or MAX_PIXELS) for p, _ in f.samples]
             if workers > 1:
                 pool = stack.enter_context(get_context("spawn").Pool(workers))
                 results = pool.imap(_load, jobs, chunksize=32)

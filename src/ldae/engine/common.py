@@ -86,7 +86,7 @@ def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "
         raise CheckpointError(f"{run_dir} has no {TOKENIZER_FILE}; the run never fitted its tokenizer.")
     den = build_denoiser(cfg, tok)
     if ckpt is not None:
-        path, state = ckpt, checkpoint.load(ckpt)
+        path, state = ckpt, checkpoint.load(ckpt, warn=print)
     else:  # the newest that loads; a corrupt newer one is reported, left in place
         found = checkpoint.load_latest(run_dir, set_aside=False)
         if found is None:

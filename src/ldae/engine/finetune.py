@@ -338,8 +338,15 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         max_steps: int | None = None) -> dict:
     """Fine-tune into ``out/<stem>``; write ``out/eval/<stem>.json``. ``out`` is the pretraining
     run dir for init ldae/random, any folder for init vit. ``max_steps`` stops early (tests),
-    keeping the schedule of the full run."""
+    keeping the schedule of the full run. Signals are caught from the start (see
+    ``pretrain.run``)."""
     rt = dist.setup(cfg.train.device, cfg.train.threads)
+    with PreemptionGuard(rt) as guard:
+        return _run(cfg, Path(out), rt, guard, resume, force, max_steps)
+
+
+def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume: str | None,
+         force: bool, max_steps: int | None) -> dict:
     ft = cfg.finetune
     out = Path(out)
     name = stem(ft.init)
@@ -360,8 +367,10 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     if state is not None:
         trainer.load(state)
         del state
-        log.truncate_after(trainer.step)
+    log.truncate_after(trainer.step)  # at step 0 too: a run killed before its first checkpoint
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
+    if trainer.step < stop and guard.requested_now():  # asked to stop while starting up
+        raise guard.error(None, trainer.step)
     B = ft.batch_size
     steps = TrainSteps(train_ds, train_transform(cfg, enc), B, cfg.train.seed, rt.rank, rt.world,
                        trainer.step, stop)
@@ -382,32 +391,31 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         return rec
 
     preempted = None
-    with PreemptionGuard(rt) as guard:
-        while trainer.step < stop:
-            xb, yb = next(batches)
-            loss = trainer.train_step(xb, yb)
-            window.add(loss)
-            bar.update(B)
-            s = trainer.step
-            stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
-            if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
-                lr = max(g["lr"] for g in trainer.opt.param_groups)  # the head's (layer scale 1)
-                mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(work),
-                                               "Lower finetune.blr or check the data.")
-                log.write({"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                           "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            if (eval_steps and s % eval_steps == 0) or s == stop:
-                if rt.is_main:
-                    last_eval = do_eval(s)
-                    log.write(last_eval)
-                    bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
-                rt.barrier()
-            if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-                checkpoint.save_rotating(work, s, trainer.state(), cfg.train.keep_ckpts)
-            if stop_now:
-                preempted = guard.error(checkpoint.checkpoint_path(work, s), s)
-                break
+    while trainer.step < stop:
+        xb, yb = next(batches)
+        loss = trainer.train_step(xb, yb)
+        window.add(loss)
+        bar.update(B)
+        s = trainer.step
+        stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
+        if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
+            lr = max(g["lr"] for g in trainer.opt.param_groups)  # the head's (layer scale 1)
+            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(work),
+                                           "Lower finetune.blr or check the data.")
+            log.write({"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
+                       "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)})
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        if (eval_steps and s % eval_steps == 0) or s == stop:
+            if rt.is_main:
+                last_eval = do_eval(s)
+                log.write(last_eval)
+                bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
+            rt.barrier()
+        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
+            checkpoint.save_rotating(work, s, trainer.state(), cfg.train.keep_ckpts)
+        if stop_now:
+            preempted = guard.error(checkpoint.checkpoint_path(work, s), s)
+            break
     if preempted is not None:
         bar.close()
         log.close()

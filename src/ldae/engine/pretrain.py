@@ -30,7 +30,7 @@ from ..config import Config, diff_configs
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..data.datasets import count_skipped, write_skip_log
 from ..diffusion.objective import Denoiser, Rows, build_denoiser
-from ..errors import ConfigError, LdaeError
+from ..errors import CheckpointError, ConfigError, LdaeError
 from ..logging import MetricsLog, Timer, progress
 from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
 from ..plots import training_curves
@@ -129,56 +129,101 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
                     ignore: tuple[str, ...] = EVAL_SECTIONS, allow_changes: bool = False
                     ) -> Path | None:
     """Check the run dir before any work; return the checkpoint to resume from, if any.
+
+    A run's state is its checkpoints (and the ``*.bad`` ones ``--resume auto`` set aside), not its
+    config.yaml: without ``--resume`` a dir holding either is refused unless ``--force``; with
+    ``--resume auto`` and only ``*.bad`` files left it is refused too (never a silent restart at
+    step 0); a missing or unreadable config.yaml next to checkpoints is rebuilt from the newest
+    checkpoint that loads (each carries its config) before the comparison below.
     A resume refuses a changed config, except run-time settings and the ``ignore`` prefixes,
     unless ``allow_changes`` (then it prints the diff and the run's config.yaml becomes the new
     config: the resumed run is no longer the one the old config describes)."""
-    has_state = (out / "config.yaml").exists() and checkpoint.latest(out) is not None
+    ckpts, bad = checkpoint.list_checkpoints(out), checkpoint.set_aside(out)
     if resume not in (None, "none") and is_main:
         checkpoint.remove_stale_temporaries(out)  # left by a writer that was killed
     if resume in (None, "none"):
-        if has_state and not force:
-            raise ConfigError(f"{out} already holds a run; pass --resume auto to continue it or "
-                              "--force to start over (its checkpoints and metrics are deleted).")
-        if has_state and force and is_main:
+        if (ckpts or bad) and not force:
+            what = f"checkpoints up to step {checkpoint.step_of(ckpts[-1])}" if ckpts else \
+                f"{len(bad)} checkpoints set aside as corrupt ({bad[-1].name}, ...)"
+            raise ConfigError(f"{out} already holds a run ({what}); pass --resume auto to continue "
+                              "it or --force to start over (its checkpoints and metrics are deleted).")
+        if force and is_main:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            for name in ("metrics.jsonl", "train_summary.json"):
+                (out / name).unlink(missing_ok=True)
         return None
     if resume == "auto":
-        path = checkpoint.latest(out) if has_state else None
+        if not ckpts and bad:
+            raise CheckpointError(
+                f"{out} has no checkpoint left to resume from: every one failed verification and "
+                f"was set aside as *.bad ({', '.join(p.name for p in bad[-3:])}). Starting again at "
+                "step 0 would silently redo the run: pass --force to start over (the checkpoints, "
+                "metrics and summary are deleted), or repair a .bad file and rename it back.")
+        path = ckpts[-1] if ckpts else None
     else:
         path = Path(resume)
         if not path.is_file():
             raise ConfigError(f"--resume {resume}: no such checkpoint file; use --resume auto.")
-    if path is not None and (out / "config.yaml").exists():
-        changed = diff_configs(cfg, read_run_config(out))
-        ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
-                     "train.device", "train.threads", "train.on_nonfinite",
-                     "train.max_nonfinite_skips", "data.num_workers", "data.on_bad_image", *ignore)
-        changed = [c for c in changed if not c.startswith(ignorable)]
-        if changed and not allow_changes:
-            raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
-                              f"{'; '.join(changed)}. Resume with the same config, start a new run "
-                              "dir, or pass --allow-config-change to continue with the new values.")
-        if changed and is_main:
-            print(f"warning: resuming with a changed config (--allow-config-change): "
-                  f"{'; '.join(changed)}", flush=True)
+    if path is None:
+        return None
+    try:
+        saved = read_run_config(out)
+    except ConfigError as e:
+        saved = recover_run_config(out, resume, path, e, is_main)
+    changed = diff_configs(cfg, saved)
+    ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
+                 "train.device", "train.threads", "train.on_nonfinite",
+                 "train.max_nonfinite_skips", "data.num_workers",
+                 "data.on_bad_image", "data.max_image_pixels", *ignore)
+    changed = [c for c in changed if not c.startswith(ignorable)]
+    if changed and not allow_changes:
+        raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
+                          f"{'; '.join(changed)}. Resume with the same config, start a new run "
+                          "dir, or pass --allow-config-change to continue with the new values.")
+    if changed and is_main:
+        print(f"warning: resuming with a changed config (--allow-config-change): "
+              f"{'; '.join(changed)}", flush=True)
     return path
+
+
+def recover_run_config(out: Path, resume: str, path: Path, why: ConfigError, is_main: bool) -> Config:
+    """The config of a run whose config.yaml is missing or unreadable, from the checkpoint it
+    resumes from (the newest that loads under ``--resume auto``); ``run`` rewrites config.yaml
+    once the comparison with it has passed."""
+    from ..config import config_from_dict
+
+    try:
+        if resume == "auto":
+            found = checkpoint.load_latest(out, set_aside=False, warn=lambda *a: None)
+            state = found[0] if found else {}
+        else:
+            state = checkpoint.load(path)
+        saved = config_from_dict(state["config"])
+    except (LdaeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{out}: {why} It has checkpoints, so it is a run, but its config cannot "
+                          f"be recovered from them either ({type(e).__name__}: {e}). Restore "
+                          "config.yaml, or pass --force to start over.") from None
+    if is_main:
+        print(f"warning: {out}/config.yaml was missing or unreadable; rebuilt it from the config "
+              f"saved in {path.name if resume != 'auto' else 'the newest checkpoint'}.", flush=True)
+    return saved
 
 
 def load_resume_state(out: Path, resume: str | None, path: Path | None, rt: dist.Runtime
                       ) -> dict | None:
     """The state to resume from: ``--resume auto`` takes the newest checkpoint that loads (a
-    truncated or corrupt newer one is reported and set aside); an explicit path must load."""
+    truncated, corrupt or unverifiable newer one is reported and set aside); an explicit path must
+    load (without a sha256 sidecar it loads unverified, with a warning)."""
     if path is None:
         return None
+    say = print if rt.is_main else (lambda *a: None)
     if resume == "auto":
-        found = checkpoint.load_latest(out, rt.device, set_aside=rt.is_main,
-                                       warn=print if rt.is_main else (lambda *a: None))
+        found = checkpoint.load_latest(out, rt.device, set_aside=rt.is_main, warn=say)
         if found is None:
             return None
         state, path = found
     else:
-        state = checkpoint.load(path, map_location=rt.device)
+        state = checkpoint.load(path, map_location=rt.device, warn=say)
     if rt.is_main:
         print(f"resuming from {path} (step {state.get('step')})", flush=True)
     return state
@@ -198,6 +243,19 @@ def note_skipped(cfg: Config, dataset, out: Path, rt: dist.Runtime) -> Path | No
     elif hasattr(dataset, "skip_log"):
         dataset.skip_log = path
     return path
+
+
+def last_logged(path: Path) -> dict:
+    """The newest values of ``loss`` and ``knn_top1`` in a ``metrics.jsonl`` ({} if none)."""
+    from ..logging import read_jsonl
+
+    found: dict = {}
+    try:
+        for rec in read_jsonl(path) if path.is_file() else []:
+            found.update({k: rec[k] for k in ("loss", "knn_top1") if k in rec})
+    except ValueError:  # a line cut by a kill: the summary goes without these
+        pass
+    return found
 
 
 def get_tokenizer(cfg: Config, out: Path, dataset, rt: dist.Runtime) -> Tokenizer:
@@ -226,6 +284,8 @@ class Trainer:
         self.skipped: list[int] = []  # steps dropped for a non-finite loss (train.on_nonfinite=skip)
         self.last_parts: dict = {}  # the loss parts of the last step (device tensors, no sync)
         self.out: Path | None = None  # the run dir (named in errors)
+        # training wall time: before this process (from the checkpoint) and since ``t_run``
+        self.wall_before, self.t_run = 0.0, time.perf_counter()
         net: torch.nn.Module = den.backbone
         self.compiled = False
         if cfg.model.compile:
@@ -244,8 +304,13 @@ class Trainer:
             ema = sd
         return {"model": self.den.backbone.state_dict(), "ema": ema,
                 "optimizer": self.opt.state_dict(), "step": self.step,
-                "nonfinite_skips": list(self.skipped),
+                "nonfinite_skips": list(self.skipped), "wall_seconds": self.wall_seconds(),
                 "config": self.cfg.to_dict(), "format": "ldae-pretrain-v1"}
+
+    def wall_seconds(self) -> float:
+        """Training wall time of the steps this state holds (a resume adds to the saved time;
+        the time of steps lost to a kill is not counted)."""
+        return self.wall_before + time.perf_counter() - self.t_run
 
     def load(self, state: dict) -> None:
         self.den.backbone.load_state_dict(state["model"], strict=True)
@@ -258,6 +323,7 @@ class Trainer:
                 e.copy_(state["ema"][n])
         self.step = int(state["step"])
         self.skipped = [int(s) for s in state.get("nonfinite_skips", [])]
+        self.wall_before = float(state.get("wall_seconds", 0.0))
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor, augment: BatchAugment
                    ) -> torch.Tensor | None:
@@ -317,9 +383,16 @@ class Trainer:
 def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         max_steps: int | None = None, allow_config_change: bool = False) -> dict:
     """Pretrain into ``out``. ``max_steps`` stops early (tests), keeping the schedule of the full
-    run. ``allow_config_change``: see ``prepare_run_dir``."""
+    run. ``allow_config_change``: see ``prepare_run_dir``. SIGTERM/SIGUSR1/SIGINT are caught from
+    the first moment (before the data and the tokenizer fit): the run stops at the next step
+    boundary, or before its first step when the signal came during start-up."""
     rt = dist.setup(cfg.train.device, cfg.train.threads)
-    out = Path(out)
+    with PreemptionGuard(rt) as guard:
+        return _run(cfg, Path(out), rt, guard, resume, force, max_steps, allow_config_change)
+
+
+def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume: str | None,
+         force: bool, max_steps: int | None, allow_config_change: bool) -> dict:
     resume_from = prepare_run_dir(cfg, out, resume, force, rt.is_main,
                                   allow_changes=allow_config_change)
     dataset = build_dataset(cfg, cfg.data.train_split)
@@ -339,13 +412,15 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     if state is not None:
         trainer.load(state)
         del state
-        log.truncate_after(trainer.step)
+    log.truncate_after(trainer.step)  # at step 0 too: a run killed before its first checkpoint
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
     done = out / "train_summary.json"
     if trainer.step >= stop and done.is_file():
         if rt.is_main:
             print(f"{out}: pretraining already finished at step {trainer.step}; nothing to do.")
         return json.loads(done.read_text())
+    if trainer.step < stop and guard.requested_now():  # asked to stop while starting up
+        raise guard.error(None, trainer.step)
     source = full_images(dataset) if cfg.data.crop == "random_resized" else dataset
     stream = iter(BatchStream(source, cfg.optim.batch_size, cfg.train.seed, rt.rank, rt.world,
                               start=trainer.step, num_workers=cfg.data.num_workers))
@@ -366,66 +441,71 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
     wait_run = wait_win = 0.0
     t_win = time.perf_counter()
     preempted = None
-    with PreemptionGuard(rt) as guard:
-        while trainer.step < stop:
-            t0 = time.perf_counter()
-            xb, yb = next(stream)
-            waited = time.perf_counter() - t0
-            wait_run, wait_win = wait_run + waited, wait_win + waited
-            try:
-                loss = trainer.train_step(xb, yb, augment)
-            except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
-                if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
-                    raise
-                print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
-                trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
-                trainer.compiled = False
-                trainer.opt.zero_grad(set_to_none=True)
-                loss = trainer.train_step(xb, yb, augment)
-            if loss is not None:  # None: a non-finite step skipped (train.on_nonfinite=skip)
-                window.add(loss)
-            bar.update(B)
-            s = trainer.step
-            stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
-            watch = monitor is not None and (s % cfg.train.monitor_every == 0 or s == stop)
-            if (s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now
-                    or watch):
-                lr = trainer.opt.param_groups[0]["lr"]
-                mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
-                                               "enable optim.grad_clip, or check the data.",
-                                               trainer.last_parts)
-                now = time.perf_counter()
-                last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                        "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
-                        "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
-                wait_win, t_win = 0.0, now
-                if watch:  # its time is kept out of the next window's img/s and data_wait
-                    last.update(monitor(den))
-                    window.t0 = t_win = time.perf_counter()
-                log.write(last)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
-                                **({"knn": f"{last['knn_top1']:.1f}"} if "knn_top1" in last else {}))
-            if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-                checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
-            if stop_now:
-                preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
-                break
+    trainer.t_run = time.perf_counter()
+    while trainer.step < stop:
+        t0 = time.perf_counter()
+        xb, yb = next(stream)
+        waited = time.perf_counter() - t0
+        wait_run, wait_win = wait_run + waited, wait_win + waited
+        try:
+            loss = trainer.train_step(xb, yb, augment)
+        except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
+            if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
+                raise
+            print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
+            trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
+            trainer.compiled = False
+            trainer.opt.zero_grad(set_to_none=True)
+            loss = trainer.train_step(xb, yb, augment)
+        if loss is not None:  # None: a non-finite step skipped (train.on_nonfinite=skip)
+            window.add(loss)
+        bar.update(B)
+        s = trainer.step
+        stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
+        watch = monitor is not None and (s % cfg.train.monitor_every == 0 or s == stop)
+        if (s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now
+                or watch):
+            lr = trainer.opt.param_groups[0]["lr"]
+            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
+                                           "enable optim.grad_clip, or check the data.",
+                                           trainer.last_parts)
+            now = time.perf_counter()
+            last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
+                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
+                    "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
+            wait_win, t_win = 0.0, now
+            if watch:  # its time is kept out of the next window's img/s and data_wait
+                last.update(monitor(den))
+                window.t0 = t_win = time.perf_counter()
+            log.write(last)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
+                            **({"knn": f"{last['knn_top1']:.1f}"} if "knn_top1" in last else {}))
+        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
+            checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
+        if stop_now:
+            preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
+            break
     bar.close()
     log.close()
     rt.barrier()
     wall = timer.elapsed()
     steps_run = trainer.step - start_step
+    # the figures of the whole run: a resume (even one that finds the last step already saved, as
+    # after a kill between the final checkpoint and this summary) adds to the saved totals
+    wall_total = trainer.wall_seconds()
+    logged = {} if last or not rt.is_main else last_logged(out / "metrics.jsonl")
     summary = {"steps": trainer.step, "total_steps": plan.total_steps, "steps_this_run": steps_run,
                "epochs": round(trainer.step / plan.steps_per_epoch, 4), "images": trainer.step * B,
-               "wall_seconds": round(wall, 2),
-               "img_per_s": round(steps_run * B / wall, 2) if wall > 0 else None,
-               "data_wait": round(wait_run / wall, 4) if wall > 0 else None,
-               "final_loss": last.get("loss"), "lr_peak": plan.lr, "world_size": rt.world,
+               "wall_seconds": round(wall_total, 2), "wall_seconds_this_run": round(wall, 2),
+               "img_per_s": round(trainer.step * B / wall_total, 2) if wall_total > 0 else None,
+               "data_wait": round(wait_run / wall, 4) if steps_run and wall > 0 else None,
+               "final_loss": last.get("loss", logged.get("loss")), "lr_peak": plan.lr,
+               "world_size": rt.world,
                "device": str(rt.device), "params": den.backbone.num_params(),
                "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4),
                "nonfinite_skips": list(trainer.skipped),
                "skipped_images": count_skipped(skipped) if skipped else 0,
-               "knn_top1": last.get("knn_top1"),
+               "knn_top1": last.get("knn_top1", logged.get("knn_top1")),
                "monitor_seconds": round(monitor.seconds, 2) if monitor is not None else None}
     if preempted is not None:
         raise preempted
