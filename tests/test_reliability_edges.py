@@ -349,3 +349,29 @@ def test_a_second_ctrl_c_aborts_at_once_and_the_cli_says_so_in_one_line(capsys, 
     rc = cli.main(["linprobe", "--out", "x"])
     err = capsys.readouterr().err
     assert rc == preempt.EXIT_INTERRUPTED and "interrupted" in err and "Traceback" not in err
+
+
+# --- issue 16 (3, 4): files respect the umask; the package answers --version ------------------
+
+def test_written_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoint.atomic_write_text(tmp_path / "a.txt", "x")
+        checkpoint.save(tmp_path / "c.pt", {"x": torch.zeros(2)})
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        assert modes == {"a.txt": 0o644, "c.pt": 0o644, "c.pt.sha256": 0o644}, modes
+        os.umask(0o077)
+        checkpoint.atomic_write_text(tmp_path / "private.txt", "x")
+        assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_python_dash_m_ldae_prints_the_version():
+    from ldae import __version__
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-m", "ldae", "--version"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == f"ldae {__version__}"

@@ -35,12 +35,28 @@ DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 BAD_SUFFIX = ".bad"
 
 
+def umask() -> int:
+    """The process's umask (read from /proc on Linux, so it is never changed even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync and rename it into place."""
+    """Yield a temporary path next to ``path``; on success fsync and rename it into place. The
+    file gets the mode a plain ``open`` would give it (0666 less the umask: 0644 under umask
+    022), not ``mkstemp``'s private 0600, so collaborators on a shared disk can read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -53,7 +53,10 @@ def _from_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="ldae", description="latent Denoising Autoencoders (l-DAE)")
+    ap.add_argument("--version", action="version", version=f"ldae {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("fit-tokenizer", help="fit the tokenizer (PCA) on the training split")
     _common(p, preset_required=True)

@@ -129,7 +129,7 @@ class ImageFolderDataset(Dataset):
 def append_jsonl(path: Path, entries: list[dict]) -> None:
     """Append one JSON line per entry, each with a single ``write`` on an ``O_APPEND`` descriptor,
     so that DataLoader worker processes appending at once never interleave within a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask
     try:
         for e in entries:
             os.write(fd, (json.dumps(e, sort_keys=True) + "\n").encode())
