@@ -375,3 +375,70 @@ def test_python_dash_m_ldae_prints_the_version():
     p = subprocess.run([sys.executable, "-m", "ldae", "--version"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == f"ldae {__version__}"
+
+
+# --- issue 16 (2, 5): portable run dirs; --print-config; the key listing -----------------------
+
+def test_a_run_dir_made_in_one_directory_is_probed_from_another(tmp_path, monkeypatch, capsys):
+    from test_pretrain import TINY
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    g = np.random.default_rng(0)
+    np.savez(a / "data.npz", images=g.integers(0, 256, (80, 8, 8, 3), dtype=np.uint8),
+             labels=np.arange(80) % 10)
+    monkeypatch.chdir(a)
+    over = [o for o in TINY if not o.startswith(("data.source", "data.synthetic_size"))]
+    assert cli.main(["pretrain", "-c", "demo", "--out", "run", "--max-steps", "2",
+                     "data.source=npz", "data.path=data.npz", *over, "train.threads=1"]) == 0
+    saved = (a / "run" / "config.yaml").read_text()
+    assert f"path: {a / 'data.npz'}" in saved  # absolute in the saved config
+    monkeypatch.chdir(b)
+    capsys.readouterr()
+    rc = cli.main(["linprobe", "--out", "../a/run", "--fast", "linprobe.epochs=1",
+                   "linprobe.warmup_epochs=0", "linprobe.lr_grid=[1.0]", "train.threads=1"])
+    assert rc == 0, capsys.readouterr().err
+    assert (a / "run" / "eval" / "linprobe.json").is_file()
+    # and a resume from elsewhere with the same relative path given anew is the same config
+    monkeypatch.chdir(a)
+    assert cli.main(["pretrain", "-c", "demo", "--out", str(a / "run"), "--resume", "auto",
+                     "--max-steps", "3", "data.source=npz", "data.path=data.npz", *over,
+                     "train.threads=1"]) == 0
+    monkeypatch.chdir(b)
+    rc = cli.main(["pretrain", "-c", "demo", "--out", "x", "data.source=npz",
+                   "data.path=data.npz", *over])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"relative path, read from the current directory {b}" in err
+
+
+def test_print_config_prints_the_checked_config_and_does_nothing_else(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from ldae.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["pretrain", "-c", "cifar10-cpu", "--print-config", "optim.epochs=3",
+                     "optim.warmup_epochs=1"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    want = load_config("cifar10-cpu", ["optim.epochs=3", "optim.warmup_epochs=1"]).to_dict()
+    assert printed == json.loads(json.dumps(want)) and not list(tmp_path.iterdir())
+    rc = cli.main(["pretrain", "-c", "demo", "--print-config", "optim.epochs=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "set the warmup too, e.g. optim.warmup_epochs=0.25" in err
+
+
+def test_the_key_listing_covers_the_whole_schema(capsys):
+    import dataclasses
+
+    from ldae.config import Config, describe_keys
+
+    rows = describe_keys()
+    schema = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config)
+              for f in dataclasses.fields(type(getattr(Config(), s.name)))]
+    assert [k for k, _, _ in rows] == schema
+    assert all(meaning for _, _, meaning in rows), [k for k, _, m in rows if not m]
+    assert cli.main(["info", "--keys", "optim"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == sum(k.startswith("optim.") for k in schema)
+    assert any(ln.startswith("optim.blr = 0.0001") and "App. A" in ln for ln in out)
+    assert cli.main(["info", "--keys", "nosuch"]) == 2

@@ -39,9 +39,17 @@ from .errors import LdaeError
 def _common(p: argparse.ArgumentParser, preset_required: bool = False, default_out: str | None = None) -> None:
     p.add_argument("-c", "--config", required=preset_required,
                    help="preset name (see `ldae info`) or path to a YAML file")
-    p.add_argument("--out", required=default_out is None, default=default_out, help="run directory")
+    p.add_argument("--out", default=default_out,
+                   help="run directory" + ("" if default_out else " (required unless --print-config)"))
+    _print_config_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. optim.epochs=10 data.path=../shared/data/cifar10")
+
+
+def _print_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--print-config", action="store_true",
+                   help="resolve and check the config (preset, run dir, overrides), print it as "
+                        "YAML and exit without doing anything (`ldae info --keys` lists every key)")
 
 
 def _from_args(p: argparse.ArgumentParser) -> None:
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of images (default sample.n = 64)")
     p.add_argument("--out", default=None, help="output dir (default RUN_DIR/samples/<settings>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. sample.batch_size=512")
+    _print_config_arg(p)
     p = sub.add_parser("fid", help="FID of a run's samples against its training images "
                        "(Inception-V3 from a local weights file)")
     p.add_argument("run_dir", help="a pretraining run dir (its data config gives the reference set)")
@@ -134,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sample_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. fid.ref_limit=10000 fid.cache_dir=DIR sample.batch_size=512")
+    _print_config_arg(p)
     p = sub.add_parser("figures", help="the paper's figures for a run or a trajectory: Fig. 3, 4, "
                        "7, 8, training curves (and Fig. 5, 6, Tab. 2 for a trajectory)")
     p.add_argument("target", help="a pretraining run dir or an `ldae trajectory` output dir")
@@ -160,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
     p.add_argument("run_dir", nargs="?", default=None)
+    p.add_argument("--keys", nargs="?", const="", default=None, metavar="SECTION",
+                   help="list every config setting (of SECTION, e.g. optim) with its default and "
+                        "meaning, read from the schema")
     return ap
 
 
@@ -234,6 +247,8 @@ def cmd_linprobe(args) -> dict:
         overrides.append(f"linprobe.encoder={args.encoder}")
     overrides += _source_overrides(args, "linprobe.encoder")
     cfg = _run_or_preset_config(args, overrides)
+    if args.print_config:
+        return _print_config(cfg)
     rt = setup(cfg.train.device, cfg.train.threads)
     if args.ckpt and cfg.linprobe.encoder != "ldae":
         raise LdaeError("--ckpt names a checkpoint of the run's own encoder (--encoder ldae).")
@@ -249,6 +264,14 @@ def cmd_linprobe(args) -> dict:
     return linprobe.run(cfg, out, den, rt, tag=args.tag)
 
 
+def _print_config(cfg) -> int:
+    """``--print-config``: the resolved, checked config on stdout; nothing else happens."""
+    from .config import dump_yaml
+
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
 def cmd_info(args) -> None:
     from .config import preset_names
     from .data import SOURCES
@@ -256,6 +279,14 @@ def cmd_info(args) -> None:
     from .models import MODEL_SIZES
     from .tokenizers import TOKENIZERS
 
+    if args.keys is not None:
+        from .config import describe_keys
+
+        rows = describe_keys(args.keys or None)
+        width = max(len(k) + len(v) for k, v, _ in rows) + 3
+        for key, value, meaning in rows:
+            print(f"{key} = {value}".ljust(width) + (f"  {meaning}" if meaning else ""))
+        return
     if args.run_dir:
         from .engine.common import read_run_config
 
@@ -352,6 +383,8 @@ def check_args(args) -> None:
             raise LdaeError(f"--splits {args.splits!r} names no split folder; give a comma list "
                             "such as --splits train,val.")
     elif hasattr(args, "out"):
+        if args.out is None and not getattr(args, "print_config", False):
+            raise LdaeError(f"ldae {args.cmd} needs --out DIR (the run directory).")
         _check_out(args.out)
     if args.cmd in ("pretrain", "finetune"):
         _at_least("--max-steps", args.max_steps, 1, "the run stops after that many steps")
@@ -407,18 +440,26 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "fit-tokenizer":
             from .engine import fit_tokenizer
 
-            print(json.dumps({k: v for k, v in fit_tokenizer.run(_load(args), Path(args.out)).items()
+            cfg = _load(args)
+            if args.print_config:
+                return _print_config(cfg)
+            print(json.dumps({k: v for k, v in fit_tokenizer.run(cfg, Path(args.out)).items()
                               if k != "explained_variance"}, indent=2))
         elif args.cmd == "pretrain":
             from .engine import pretrain
 
-            summary = pretrain.run(_load(args), Path(args.out), resume=args.resume, force=args.force,
+            cfg = _load(args)
+            if args.print_config:
+                return _print_config(cfg)
+            summary = pretrain.run(cfg, Path(args.out), resume=args.resume, force=args.force,
                                    allow_config_change=args.allow_config_change,
                                    max_steps=args.max_steps)
             if os.environ.get("RANK", "0") == "0":
                 print(json.dumps(summary, indent=2))
         elif args.cmd == "linprobe":
             res = cmd_linprobe(args)
+            if args.print_config:
+                return 0
             if "cells" in res:  # the sweep: its tables, then the record without the cells
                 print((Path(args.out) / "eval" / res["files"]["md"]).read_text())
             print(json.dumps({k: v for k, v in res.items()
@@ -431,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"finetune.init={args.init}")
             overrides += _source_overrides(args, "finetune.init")
             cfg = _run_or_preset_config(args, overrides)
+            if args.print_config:
+                return _print_config(cfg)
             res = finetune.run(cfg, Path(args.out), resume=args.resume, force=args.force,
                                max_steps=args.max_steps)
             if res:
@@ -445,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "sample":
             from .engine import sample
 
-            rec = sample.run(_run_config(args, []), Path(args.run_dir),
+            cfg = _run_config(args, [])
+            if args.print_config:
+                return _print_config(cfg)
+            rec = sample.run(cfg, Path(args.run_dir),
                              out=Path(args.out) if args.out else None, n=args.n)
             if os.environ.get("RANK", "0") == "0":
                 print(json.dumps(rec, indent=2))
@@ -455,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = ([f"fid.weights={args.weights}"] if args.weights else []) + \
                     ([f"fid.n={args.n}"] if args.n else [])
             cfg = _run_config(args, extra)
+            if args.print_config:
+                return _print_config(cfg)
             rec = fid.run(cfg, Path(args.run_dir), samples=Path(args.samples) if args.samples else None)
             if os.environ.get("RANK", "0") == "0":
                 print(json.dumps(rec, indent=2))
@@ -487,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             from .engine import demo
 
             cfg = _load(argparse.Namespace(config=args.config or "demo", overrides=args.overrides))
+            if args.print_config:
+                return _print_config(cfg)
             demo.run(cfg, Path(args.out))
     except LdaeError as e:
         print(f"ldae {args.cmd}: error: {_one_paragraph(e)}", file=sys.stderr)

@@ -36,16 +36,16 @@ PRESET_DIR = Path(__file__).parent / "configs"
 class DataConfig:
     source: str = "digits"  # digits | npz | cifar | imagefolder | synthetic
     path: str = ""  # file or folder for npz / cifar / imagefolder
-    image_size: int = 32
-    num_classes: int = 10
-    train_split: str = "train"
-    eval_split: str = "val"
+    image_size: int = 32  # pixels of the (square) images the model sees
+    num_classes: int = 10  # classes of the dataset (labels 0..C-1)
+    train_split: str = "train"  # split that pretraining and the probe's training use
+    eval_split: str = "val"  # split the probe and fine-tune report on
     val_size: int = 5000  # the last val_size images of the training set form the val split
     crop: str = "center"  # center | random_resized (pretraining augmentation, Sec. 5)
-    rrc_scale: tuple[float, float] = (0.2, 1.0)
-    hflip: bool = True
+    rrc_scale: tuple[float, float] = (0.2, 1.0)  # area range of random_resized crops
+    hflip: bool = True  # random horizontal flips in pretraining
     limit: int = 0  # use at most this many images of a split (0 = all); for quick runs
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     synthetic_size: int = 256  # images per split of the synthetic source (tests only)
     on_bad_image: str = "error"  # error (stop, naming the file) | skip (count and list in the run dir)
     max_image_pixels: int = 40_000_000  # a larger image file is a bad image (decompression bomb)
@@ -54,17 +54,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "micro"  # a size from ldae.models.registry
-    patch_size: int = 4
+    patch_size: int = 4  # pixels per patch side (tokens = (image_size / patch_size)^2)
     adaln: str = "mlp4"  # mlp4 (paper App. A: hidden = width/4) | linear (DiT)
-    class_cond: bool = False
-    label_dropout: float = 0.1
+    class_cond: bool = False  # class-conditional (DiT, Tab. 1) or not (the SSL rows)
+    label_dropout: float = 0.1  # class-conditional: share of labels dropped (classifier-free guidance)
     encoder_blocks: int = 0  # 0 = half the depth (the paper's split)
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone (eager fallback if it fails)
 
 
 @dataclass
 class TokenizerConfig:
-    name: str = "pca"
+    name: str = "pca"  # pca | patch_ae | patch_vae | conv_vae | pixel (Tab. 2, Fig. 5)
     dim: int = 4  # d, latent dim per token
     whiten: bool = False  # off in the paper (V V^T = I); an ablation
     # pca: the latent's global scale, unit (one factor for unit overall std, as the learned
@@ -77,7 +77,7 @@ class TokenizerConfig:
     path: str = ""  # load a fitted tokenizer from here instead of fitting one
     # gradient-trained tokenizers (patch_ae, patch_vae, conv_vae)
     fit_epochs: float = 20.0  # passes over the fit images
-    fit_batch: int = 256
+    fit_batch: int = 256  # images per step of the tokenizer fit
     fit_lr: float = 1e-3  # AdamW, warmup then cosine
     patch_batch: int = 1024  # patch_ae / patch_vae: patch rows per optimiser step (0 = a whole image batch)
     kl_weight: float = 1e-6  # patch_vae / conv_vae: weight of KL[q(z|x) || N(0, I)] (LDM's f8 default)
@@ -86,10 +86,10 @@ class TokenizerConfig:
     width: int = 64  # base channel width of the conv encoder/decoder
     res_blocks: int = 2  # residual blocks per resolution (LDM: 2)
     adversarial: bool = False  # hinge loss from a patch discriminator (LDM / VQGAN)
-    adv_weight: float = 0.5
+    adv_weight: float = 0.5  # conv_vae adversarial loss weight
     adv_start: float = 0.5  # fraction of the fit after which the adversarial loss switches on
     perceptual: bool = False  # LPIPS-style loss on VGG16 features; needs perceptual_weights
-    perceptual_weight: float = 1.0
+    perceptual_weight: float = 1.0  # conv_vae perceptual loss weight
     perceptual_weights: str = ""  # local VGG16 state-dict file (torchvision layout); never downloaded
     pretrained: str = ""  # conv_vae: load a pretrained KL autoencoder (diffusers layout) instead of fitting
     # pixel: identity on patches of the image resized to pixel_size (token count kept fixed)
@@ -98,11 +98,11 @@ class TokenizerConfig:
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "sigma_linear"
-    target: str = "image"
-    loss_weight: str = "inv1p_sigma2"
-    input_space: str = "image"
-    output_space: str = "image"
+    schedule: str = "sigma_linear"  # noise schedule (`ldae info` lists them)
+    target: str = "image"  # what the network predicts: eps | image | ...
+    loss_weight: str = "inv1p_sigma2"  # per-timestep loss weight
+    input_space: str = "image"  # latent | image: what the network sees (Tab. 3)
+    output_space: str = "image"  # latent | image: where the loss is computed (Tab. 3)
     w_rest: float = 0.1  # Eq. 4 weight of the PCA dims beyond d
     num_steps: int = 1000  # T
     sigma0: float = math.sqrt(1.0 / 3.0)  # the single noise level of the `constant` schedule
@@ -113,31 +113,31 @@ class OptimConfig:
     blr: float = 1e-4  # lr = blr * global_batch / 256 (App. A)
     batch_size: int = 256  # global batch: the unit, whatever the number of processes
     accum_steps: int = 1  # gradient accumulation steps per optimizer step
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: float = 400.0
-    warmup_epochs: float = 100.0
+    weight_decay: float = 0.0  # AdamW weight decay (0 in the paper's pretraining)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    epochs: float = 400.0  # pretraining epochs (fractions allowed)
+    warmup_epochs: float = 100.0  # linear warmup before the half-cycle cosine
     grad_clip: float = 0.0  # 0 = off
     ema: float = 0.0  # EMA decay of the weights; 0 = off
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # seeds every random draw (data order, noise, t, init)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads per process; 0 = the process's share of the usable cores
     log_every: int = 20  # steps between metrics.jsonl lines
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
-    keep_ckpts: int = 2
-    tensorboard: bool = False
+    keep_ckpts: int = 2  # newest checkpoints kept (>= 1)
+    tensorboard: bool = False  # also log scalars to RUN/tb (needs the tensorboard extra)
     on_nonfinite: str = "stop"  # stop (keep the last good checkpoint) | skip (drop the step)
     max_nonfinite_skips: int = 10  # with skip: stop at the first bad step beyond this many
     # online kNN monitor (engine/monitor.py): every this many steps (and at the end) the encoder
     # at linprobe.t / clean_input embeds a bank of train images and queries from the probe's
     # holdout share of the train split; knn_top1 goes to metrics.jsonl. 0 = off
     monitor_every: int = 0
-    monitor_bank: int = 5000
-    monitor_queries: int = 1000
+    monitor_bank: int = 5000  # kNN monitor: train images in its feature bank
+    monitor_queries: int = 1000  # kNN monitor: held-out train images it classifies
 
 
 @dataclass
@@ -150,19 +150,19 @@ class LinprobeConfig:
     clean_input: str = "projected"
     blocks: int = 0  # encoder depth k; 0 = the model's encoder split
     blr: float = 0.1  # MAE's LARS base lr; the paper text says 6.4e-3 at batch 16384
-    batch_size: int = 256
-    epochs: int = 90
-    warmup_epochs: int = 10
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    batch_size: int = 256  # probe batch
+    epochs: int = 90  # probe epochs (MAE: 90)
+    warmup_epochs: int = 10  # probe warmup epochs
+    weight_decay: float = 0.0  # LARS weight decay of the head
+    momentum: float = 0.9  # LARS momentum
     fast: bool = False  # cache features once, train an lr grid of heads together
     lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # blr values of --fast
     # how --fast picks its blr: holdout (on a seeded `holdout` share of the train split, then the
     # chosen head retrained on all of it; val is only reported) | eval (on the reported split
     # itself: optimistically biased, kept to compare with old numbers)
     select: str = "holdout"
-    holdout: float = 0.1
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    holdout: float = 0.1  # share of the train split that picks the fast probe's blr
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # probe augmentation: random resized crop scale (full protocol)
     encoder: str = "ldae"  # ldae | random | pixels: what produces the features
     # App. A sweeps (``ldae linprobe --sweep``; always the fast protocol). Empty = not swept: the
     # axis takes linprobe.t / noisy / blocks (``--sweep`` fills empty axes with App. A's grids).
@@ -182,13 +182,13 @@ class FinetuneConfig:
     blr: float = 1e-3  # lr = blr x batch / 256: 4e-3 at the paper's batch 1024
     min_lr: float = 1e-6  # floor of the half-cycle cosine (MAE)
     batch_size: int = 1024  # global batch
-    accum_steps: int = 1
-    epochs: float = 100.0
-    warmup_epochs: float = 5.0
+    accum_steps: int = 1  # gradient accumulation steps
+    epochs: float = 100.0  # fine-tuning epochs (App. B: 100)
+    warmup_epochs: float = 5.0  # linear warmup epochs
     weight_decay: float = 0.05  # not on biases, norms and the position embedding
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     layer_decay: float = 0.85  # layer-wise lr decay: 0.85 (ViT-B) / 0.65 (ViT-L) in App. B
-    drop_path: float = 0.1
+    drop_path: float = 0.1  # stochastic depth rate
     mixup: float = 0.8  # Beta(alpha) of MixUp; 0 = off
     cutmix: float = 1.0  # Beta(alpha) of CutMix; 0 = off
     randaug: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec, RandAug(9, 0.5); "" = off
@@ -216,7 +216,7 @@ class SampleConfig:
     guidance: float = 1.0  # classifier-free guidance scale for class-conditional runs; 1 = none
     n: int = 64  # images to generate (``ldae sample``)
     batch_size: int = 256  # global batch of the sampler
-    seed: int = 0
+    seed: int = 0  # seeds the sampler's noise and classes
     ema: bool = True  # the EMA weights when the run has them
     classes: str = "balanced"  # balanced (image i gets class i mod C) | random
     grid: int = 100  # at most this many images in the PNG grid
@@ -595,6 +595,15 @@ def config_from_dict(data: dict[str, Any], check: bool = True) -> Config:
     return load_config(None, None, check=check, base=data)
 
 
+def _warmup_fix(section: str, epochs: float, integer: bool = False) -> str:
+    """The end of a warmup error: the override that fixes it (a quarter of training)."""
+    if not (isinstance(epochs, (int, float)) and epochs > 0):
+        return f"; {section}.epochs must be > 0."
+    quarter = int(epochs // 4) if integer else round(epochs / 4, 4)
+    return (f"; when shortening a run, set the warmup too, e.g. {section}.warmup_epochs={quarter:g} "
+            "(a quarter of training).")
+
+
 def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -632,13 +641,15 @@ def validate(cfg: Config) -> None:
     _need(o.batch_size % o.accum_steps == 0,
           f"optim.batch_size={o.batch_size} must be divisible by optim.accum_steps={o.accum_steps}.")
     _need(o.epochs > 0 and 0 <= o.warmup_epochs <= o.epochs,
-          f"optim.warmup_epochs={o.warmup_epochs} must be in [0, optim.epochs={o.epochs}].")
+          f"optim.warmup_epochs={o.warmup_epochs} must be in [0, optim.epochs={o.epochs}]"
+          + _warmup_fix("optim", o.epochs))
     _need(0.0 <= o.ema < 1.0, f"optim.ema={o.ema} must be in [0, 1) (0 turns EMA off).")
     _need(o.blr > 0 and lp.blr > 0, "optim.blr and linprobe.blr must be > 0.")
     _need(0 <= lp.t < cfg.diffusion.num_steps,
           f"linprobe.t={lp.t} must be in [0, diffusion.num_steps={cfg.diffusion.num_steps}).")
     _need(lp.epochs > 0 and 0 <= lp.warmup_epochs <= lp.epochs,
-          "linprobe.warmup_epochs must be in [0, linprobe.epochs].")
+          f"linprobe.warmup_epochs={lp.warmup_epochs} must be in [0, linprobe.epochs={lp.epochs}]"
+          + _warmup_fix("linprobe", lp.epochs, integer=True))
     _need(len(lp.lr_grid) > 0 and all(v > 0 for v in lp.lr_grid), "linprobe.lr_grid must be positive.")
     _need(0.0 < lp.holdout < 1.0, f"linprobe.holdout={lp.holdout} must be in (0, 1): the share of "
           "the train split that selects the fast probe's blr (e.g. 0.1).")
@@ -661,7 +672,8 @@ def validate(cfg: Config) -> None:
           f"finetune.batch_size={ft.batch_size} must be > 0 and divisible by "
           f"finetune.accum_steps={ft.accum_steps}.")
     _need(ft.epochs > 0 and 0 <= ft.warmup_epochs <= ft.epochs,
-          f"finetune.warmup_epochs={ft.warmup_epochs} must be in [0, finetune.epochs={ft.epochs}].")
+          f"finetune.warmup_epochs={ft.warmup_epochs} must be in [0, finetune.epochs={ft.epochs}]"
+          + _warmup_fix("finetune", ft.epochs))
     _need(0 < ft.layer_decay <= 1, f"finetune.layer_decay={ft.layer_decay} must be in (0, 1] (1 = off).")
     _need(0 <= ft.drop_path < 1 and 0 <= ft.reprob <= 1 and 0 <= ft.smoothing < 1,
           "finetune.drop_path and finetune.smoothing must be in [0, 1), finetune.reprob in [0, 1].")
@@ -726,8 +738,77 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+#: the settings that name files or folders: a run's saved config holds them absolute, so the run
+#: dir works from any directory (``timm:NAME`` sources are names, not paths)
+PATH_KEYS = ("data.path", "tokenizer.path", "tokenizer.perceptual_weights", "tokenizer.pretrained",
+             "vit.source", "vit.weights", "fid.weights", "fid.cache_dir")
+
+
+def absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """A copy of ``cfg`` with every ``PATH_KEYS`` setting made absolute (relative to ``base``,
+    default the current directory; ``~`` expanded; symlinks kept as named)."""
+    import os
+
+    out = copy.deepcopy(cfg)
+    root = Path(base) if base is not None else Path.cwd()
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(out, section), name)
+        if value and not value.startswith("timm:"):
+            setattr(getattr(out, section), name,
+                    os.path.normpath(str(root / Path(value).expanduser())))
+    return out
+
+
+def relative_note(value: str) -> str:
+    """For error messages: what a relative path setting is relative to."""
+    if not value or Path(value).is_absolute() or value.startswith("timm:"):
+        return ""
+    return f" (a relative path, read from the current directory {Path.cwd()})"
+
+
+def describe_keys(section: str | None = None) -> list[tuple[str, str, str]]:
+    """``(key, default, meaning)`` of every setting (of one section), read from the schema
+    itself: the dataclass fields, their defaults and the comment on (or just above) each field's
+    line in this file, so the listing cannot go stale."""
+    import inspect
+
+    rows, choices = [], _choices()
+    for sec in dataclasses.fields(Config):
+        if section and sec.name != section:
+            continue
+        cls = type(getattr(Config(), sec.name))
+        lines, comments, above = inspect.getsource(cls).splitlines(), {}, []
+        for ln in lines[1:]:
+            text = ln.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("# ").strip())
+                continue
+            m = re.match(r"(\w+)\s*:", text)
+            if m:
+                tail = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+                comments[m.group(1)] = tail or " ".join(above)
+            above = []
+        defaults = getattr(Config(), sec.name)
+        for f in dataclasses.fields(cls):
+            value = getattr(defaults, f.name)
+            shown_value = yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
+                                         default_flow_style=True).strip().removesuffix("...").strip()
+            key = f"{sec.name}.{f.name}"
+            meaning = comments.get(f.name, "")
+            if key in choices:
+                meaning = f"{meaning} [choices: {', '.join(map(str, choices[key]))}]".strip()
+            rows.append((key, shown_value, meaning))
+    if section and not rows:
+        names = [f.name for f in dataclasses.fields(Config)]
+        raise ConfigError(f"no config section '{shown(section)}'; sections: {', '.join(names)}.")
+    return rows
+
+
 def diff_configs(a: Config, b: Config) -> list[str]:
-    """Leaf keys whose values differ, as ``key: a -> b`` lines."""
+    """Leaf keys whose values differ, as ``key: a -> b`` lines (path settings compared as
+    absolute paths, so a run saved with absolute paths matches the same relative ones)."""
+    a, b = absolute_paths(a), absolute_paths(b)
     out = []
 
     def walk(x: Any, y: Any, prefix: str) -> None:
@@ -741,5 +822,5 @@ def diff_configs(a: Config, b: Config) -> list[str]:
     return out
 
 
-__all__ = ["Config", "load_config", "read_preset", "PRESET_KINDS", "config_from_dict", "validate", "dump_yaml", "preset_names",
+__all__ = ["absolute_paths", "describe_keys", "PATH_KEYS", "Config", "load_config", "read_preset", "PRESET_KINDS", "config_from_dict", "validate", "dump_yaml", "preset_names",
            "parse_overrides", "diff_configs"]

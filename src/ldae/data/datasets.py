@@ -227,7 +227,10 @@ def build_dataset(cfg, split: str) -> Dataset:
         return PackedDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit)
     path = Path(d.path) if d.path else None
     if path is not None and not path.exists():
-        raise DataError(f"data.path={path} does not exist; set data.path to the {d.source} data.")
+        from ..config import relative_note
+
+        raise DataError(f"data.path={path} does not exist{relative_note(d.path)}; set data.path to "
+                        f"the {d.source} data.")
     skipped: list[dict] = []
     if d.source == "digits":
         images, labels, classes = _load_digits()

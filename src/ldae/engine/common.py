@@ -51,7 +51,10 @@ def read_run_dict(path: Path) -> dict:
 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
-    checkpoint.atomic_write_text(Path(run_dir) / CONFIG_FILE, dump_yaml(cfg))
+    """Save ``cfg`` with its path settings absolute, so the run dir is usable from anywhere."""
+    from ..config import absolute_paths
+
+    checkpoint.atomic_write_text(Path(run_dir) / CONFIG_FILE, dump_yaml(absolute_paths(cfg)))
 
 
 def tokenizer_for(cfg: Config, run_dir: Path | None) -> Tokenizer | None:
