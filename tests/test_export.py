@@ -116,8 +116,26 @@ def test_export_cli_writes_files_that_timm_loads(tmp_path):
     assert main(["pretrain", *args]) == 0
     out = tmp_path / "exp"
     assert main(["export", str(run), "--t", "10", "--blocks", "1", "--out", str(out)]) == 0
-    vit = VisionTransformer(**json.loads((out / "config.json").read_text()))
+    vit = VisionTransformer(**json.loads((out / "config.json").read_text())["model_args"])
     vit.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    # timm's own one line, strictly, and the preprocessing it resolves (issue 16)
+    import timm
+    from timm.data import resolve_data_config
+
+    hub = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    size = json.loads((out / "config.json").read_text())["model_args"]["img_size"]
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(hub(x), vit.eval()(x), atol=1e-6)
+    data = resolve_data_config({}, model=hub)
+    assert data["input_size"] == (3, size, size) and tuple(data["mean"]) == (0.5,) * 3
+    assert tuple(data["std"]) == (0.5,) * 3 and data["crop_pct"] == 1.0
+    from ldae.engine.common import load_run
+
+    _, den = load_run(run)  # and it is the run's encoder: the folded feature at t = 10, 1 block
+    with torch.no_grad():
+        want = den.features(x, t=10, blocks=[1], clean="projected")[0]
+    assert torch.allclose(hub(x), want, atol=1e-4)
     assert main(["export", str(run), "--blocks", "9", "--out", str(out)]) == 2
     orig = tmp_path / "exp-orig"  # the default follows the run's linprobe.clean_input (projected)
     assert main(["export", str(run), "--blocks", "1", "--clean-input", "original", "--out", str(orig)]) == 0

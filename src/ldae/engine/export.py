@@ -14,8 +14,13 @@ map of the pixels, ``E V_d`` with bias ``e - E V_d m``. The position embedding i
 sin-cos table. The result has no class token, average pooling, no final norm (our feature is the
 plain token average of block k's output), and no head: timm's ``forward`` returns the feature.
 
-Writes ``model.safetensors`` (timm's state-dict names) and ``config.json`` (the constructor
-keywords), and prints the one line that loads it with timm.
+Writes ``model.safetensors`` (timm's state-dict names), ``config.json`` in timm's hub format
+(``architecture``, ``model_args`` = the constructor keywords, and ``pretrained_cfg`` with the
+run's input size and the [-1, 1] normalisation, mean = std = 0.5, centre crop 1.0, bicubic), so
+that ``timm.create_model('local-dir:DIR', pretrained=True)`` rebuilds and strictly loads it and
+``timm.data.resolve_data_config({}, model=m)`` returns the right preprocessing; ldae's own record
+(run, t, blocks, clean input) goes to ``export.json``. The same folder can be shared with
+``timm.models.push_to_hf_hub`` (or uploaded as is) and loaded with ``hf-hub:USER/NAME``.
 """
 from __future__ import annotations
 
@@ -27,9 +32,27 @@ import torch
 from ..checkpoint import atomic_path, atomic_write_json
 from ..errors import ConfigError
 
-TIMM_CALL = ("import json, timm, safetensors.torch as st; m = timm.models.vision_transformer."
-             "VisionTransformer(**json.load(open('{d}/config.json'))); "
-             "m.load_state_dict(st.load_file('{d}/model.safetensors'), strict=True)")
+TIMM_CALL = "import timm; m = timm.create_model('local-dir:{d}', pretrained=True)"
+#: a registered timm name for the hub config: ``model_args`` override every size it implies
+TIMM_ARCH = "vit_base_patch16_224"
+
+
+def hub_config(kwargs: dict, image_size: int, channels: int = 3) -> dict:
+    """timm's hub ``config.json`` of a folded encoder (see the module docstring)."""
+    return {"architecture": TIMM_ARCH, "num_classes": 0, "num_features": kwargs["embed_dim"],
+            "global_pool": kwargs.get("global_pool", "avg"), "model_args": kwargs,
+            "pretrained_cfg": {"input_size": [channels, image_size, image_size],
+                               "mean": [0.5] * channels, "std": [0.5] * channels,
+                               "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bicubic",
+                               "num_classes": 0, "license": "mit",
+                               "tag": "ldae", "first_conv": "patch_embed.proj",
+                               "classifier": "head"}}
+
+
+def constructor_kwargs(config: dict) -> dict:
+    """The VisionTransformer keywords of an export's ``config.json`` (hub format, or the flat
+    keywords older ldae versions wrote)."""
+    return dict(config["model_args"]) if "model_args" in config else dict(config)
 
 
 def _patch_map(den, clean: str = "original") -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +158,8 @@ def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"ldae_export": json.dumps({"run": str(run_dir), "t": t,
                                                                       "blocks": k, "clean_input": clean})})
-    atomic_write_json(out / "config.json", kwargs)
+    atomic_write_json(out / "config.json", hub_config(kwargs, cfg.data.image_size,
+                                                      den.tokenizer.channels))
     info = {"out": str(out), "t": t, "blocks": k, "clean_input": clean, "params": sum(v.numel() for v in sd.values()),
             "input": f"images in [-1, 1], {cfg.data.image_size} px",
             "timm": TIMM_CALL.format(d=out)}
@@ -143,4 +167,4 @@ def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool
     return info
 
 
-__all__ = ["fold", "export", "vit_kwargs", "TIMM_CALL"]
+__all__ = ["fold", "export", "vit_kwargs", "hub_config", "constructor_kwargs", "TIMM_CALL"]

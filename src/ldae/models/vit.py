@@ -198,7 +198,9 @@ def load_vit(source: str, weights: str = "", image_size: int | None = None,
         raise ConfigError(f"vit.source={source} is neither an `ldae export` dir ({EXPORT_CONFIG} + "
                           f"{EXPORT_WEIGHTS}) nor timm:MODEL_NAME. An ldae pretraining run is "
                           "probed/fine-tuned through --out RUN_DIR itself.")
-    kwargs = json.loads((path / EXPORT_CONFIG).read_text())
+    from ..engine.export import constructor_kwargs
+
+    kwargs = constructor_kwargs(json.loads((path / EXPORT_CONFIG).read_text()))
     if image_size and kwargs.get("img_size") != image_size:
         raise ConfigError(f"{path} was exported for {kwargs.get('img_size')} px images but "
                           f"data.image_size={image_size}; set data.image_size={kwargs.get('img_size')}.")
