@@ -31,7 +31,7 @@ def test_demo_end_to_end_on_a_toy_config(tmp_path, capsys):
 
 def test_pretrain_linprobe_info_commands(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["pretrain", "-c", "demo", "--out", str(out), *TOY, "train.ckpt_every=4"]) == 0
+    assert main(["pretrain", "-c", "demo", "--out", str(out), *TOY, "train.ckpt_every=4", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 8 and summary["img_per_s"] > 0
     assert main(["linprobe", "--out", str(out), "--fast", "linprobe.epochs=2"]) == 0

@@ -215,7 +215,7 @@ def test_cli_fid_runs_the_real_network_end_to_end(run_dir, inception_file, tmp_p
     meaningless; the network, resize, cache and record are the real ones)."""
     weights = inception_file
     args = ["fid", str(run_dir), "--weights", str(weights), "--n", "4", "--steps", "2",
-            f"fid.cache_dir={tmp_path / 'c'}", "data.synthetic_size=4", "fid.batch_size=4"]
+            f"fid.cache_dir={tmp_path / 'c'}", "data.synthetic_size=4", "fid.batch_size=4", "--json"]
     assert main(args) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["n"] == 4 and rec["n_ref"] == 4 and np.isfinite(rec["fid"])

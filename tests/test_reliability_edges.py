@@ -442,3 +442,37 @@ def test_the_key_listing_covers_the_whole_schema(capsys):
     assert len(out) == sum(k.startswith("optim.") for k in schema)
     assert any(ln.startswith("optim.blr = 0.0001") and "App. A" in ln for ln in out)
     assert cli.main(["info", "--keys", "nosuch"]) == 2
+
+
+# --- issue 16 (6, 7): a human summary line, JSON behind --json; the Python API -----------------
+
+def test_commands_end_with_one_summary_line_and_json_on_request(tmp_path, capsys):
+    from test_pretrain import TINY
+
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", "-c", "demo", "--out", str(out), *TINY, "train.threads=1"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("\n") == 1 and cap.out.startswith(f"pretrained {out}: step 8/8")
+    assert "final loss" in cap.out and "ldae pretrain: model test" in cap.err  # the header
+    assert cli.main(["linprobe", "--out", str(out), "--fast", "linprobe.epochs=1",
+                     "linprobe.warmup_epochs=0", "train.threads=1"]) == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "chosen on the holdout" in line and "val top-1" in line
+    assert cli.main(["linprobe", "--out", str(out), "--fast", "--tag", "j", "--json",
+                     "linprobe.epochs=1", "linprobe.warmup_epochs=0", "train.threads=1"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec == {k: v for k, v in json.loads((out / "eval" / "linprobe-j.json").read_text()).items()
+                   if k not in ("grid", "paper_reference")}
+
+
+def test_the_python_api_is_listed_and_lazy():
+    code = ("import sys, ldae; assert 'torch' not in sys.modules; "
+            "assert {'load_run', 'load_config', 'export', 'Denoiser'} <= set(dir(ldae)); "
+            "cfg = ldae.load_config('demo', ['optim.epochs=7']); assert cfg.optim.epochs == 7; "
+            "assert ldae.load_run.__module__ == 'ldae.engine.common'; "
+            "import pytest; pytest.raises(AttributeError, getattr, ldae, 'nosuch')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -279,7 +279,7 @@ def test_guidance_reaches_the_chain(cond_run):
 
 def test_cli_sample_and_refusals(cond_run, tmp_path, capsys):
     assert main(["sample", str(cond_run), "--n", "4", "--sampler", "ddim", "--steps", "3",
-                 "--out", str(tmp_path / "c"), "sample.batch_size=2"]) == 0
+                 "--out", str(tmp_path / "c"), "sample.batch_size=2", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["sampler"] == "ddim" and rec["eta"] == 0.0 and rec["n"] == 4 and rec["batch_size"] == 2
     assert main(["sample", str(cond_run), "sample.steps=0"]) == 2

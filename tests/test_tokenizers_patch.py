@@ -245,7 +245,7 @@ def test_cli_fit_tokenizer_patch_ae(tmp_path, capsys):
     argv = ["fit-tokenizer", "-c", "demo", "--out", str(out), "data.source=synthetic",
             "data.synthetic_size=64", "data.val_size=16", "data.image_size=16", "model.patch_size=4",
             "model.name=test", "tokenizer.name=patch_ae", "tokenizer.dim=4",
-            "tokenizer.fit_epochs=1", "tokenizer.fit_batch=16", "train.device=cpu", *LATENT]
+            "tokenizer.fit_epochs=1", "tokenizer.fit_batch=16", "train.device=cpu", *LATENT, "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokenizer"] == "patch_ae" and summary["steps"] == 4 and summary["scale"] > 0

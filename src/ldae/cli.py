@@ -42,8 +42,16 @@ def _common(p: argparse.ArgumentParser, preset_required: bool = False, default_o
     p.add_argument("--out", default=default_out,
                    help="run directory" + ("" if default_out else " (required unless --print-config)"))
     _print_config_arg(p)
+    if default_out is None:
+        _json_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. optim.epochs=10 data.path=../shared/data/cifar10")
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result record as JSON on stdout instead of the one-line summary "
+                        "(the record is in the run dir either way)")
 
 
 def _print_config_arg(p: argparse.ArgumentParser) -> None:
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=0, help="encoder depth k (default: the model's split)")
     p.add_argument("--out", required=True, help="output dir: model.safetensors + config.json")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA exists")
+    _json_arg(p)
     p.add_argument("--clean-input", choices=["original", "projected"], default=None,
                    help="what the ViT's clean input means for an image-space encoder: the image "
                         "(original) or its PCA projection decode(encode(x)), folded into the patch "
@@ -133,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output dir (default RUN_DIR/samples/<settings>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. sample.batch_size=512")
     _print_config_arg(p)
+    _json_arg(p)
     p = sub.add_parser("fid", help="FID of a run's samples against its training images "
                        "(Inception-V3 from a local weights file)")
     p.add_argument("run_dir", help="a pretraining run dir (its data config gives the reference set)")
@@ -144,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. fid.ref_limit=10000 fid.cache_dir=DIR sample.batch_size=512")
     _print_config_arg(p)
+    _json_arg(p)
     p = sub.add_parser("figures", help="the paper's figures for a run or a trajectory: Fig. 3, 4, "
                        "7, 8, training curves (and Fig. 5, 6, Tab. 2 for a trajectory)")
     p.add_argument("target", help="a pretraining run dir or an `ldae trajectory` output dir")
@@ -166,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
                    help="an image with more pixels is a bad image (decompression-bomb guard; "
                    "default: data.max_image_pixels = 40,000,000)")
+    _json_arg(p)
     p = sub.add_parser("demo", help="fit, pretrain and probe on the bundled digits, with baselines")
     _common(p, default_out="runs/demo")
     p = sub.add_parser("info", help="list models, tokenizers, objectives and presets, or describe a run")
@@ -399,6 +411,51 @@ def check_args(args) -> None:
         _at_least("--blocks", args.blocks, 0, "encoder depth; 0 = the model's split")
 
 
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summary_line(cmd: str, rec: dict, out: str | None = None) -> str:
+    """The one line a person reads at the end of a command (the JSON record stays on disk, and on
+    stdout with --json)."""
+    if cmd == "pretrain":
+        mins = (rec.get("wall_seconds") or 0) / 60
+        knn = f", kNN top-1 {rec['knn_top1']:.1f}" if rec.get("knn_top1") is not None else ""
+        return (f"pretrained {out}: step {rec['steps']:,}/{rec['total_steps']:,} ({rec['epochs']:g} "
+                f"epochs, {rec['images']:,} images) in {mins:.1f} min at {_fmt(rec.get('img_per_s'), '.1f')} "
+                f"img/s, final loss {_fmt(rec.get('final_loss'), '.4f')}{knn} -> {out}/train_summary.json")
+    if cmd == "linprobe":
+        chosen = rec.get("selection") or {}
+        sel = (f", blr {rec['best_blr']:g} chosen on the {chosen.get('by', 'holdout')}"
+               if rec.get("best_blr") is not None and rec.get("mode") == "fast" else "")
+        hold = (f" (holdout {chosen['holdout_top1']:.2f})" if chosen.get("holdout_top1") is not None
+                else "")
+        return (f"linear probe of {rec.get('encoder')} ({rec.get('mode')}{sel}): {rec.get('eval_split')} "
+                f"top-1 {_fmt(rec.get('top1'))}{hold}, top-5 {_fmt(rec.get('top5'))}")
+    if cmd == "finetune":
+        ema = f" (EMA {rec['ema']['top1']:.2f})" if rec.get("ema") else ""
+        return (f"fine-tuned ({rec.get('init')}): {rec.get('eval_split')} top-1 "
+                f"{_fmt(rec['raw']['top1'])}{ema} after {rec.get('epochs')} epochs -> {rec.get('run')}")
+    if cmd == "fit-tokenizer":
+        return f"fitted the {rec.get('tokenizer', 'tokenizer')} tokenizer -> {out}/tokenizer.safetensors"
+    if cmd == "sample":
+        return f"sampled {rec.get('n')} images ({rec.get('sampler')}, {rec.get('steps')} steps)" + \
+            (f" -> {rec['out']}" if rec.get("out") else "")
+    if cmd == "fid":
+        return f"FID {_fmt(rec.get('fid'))} of {rec.get('n')} samples against {rec.get('n_ref')} images"
+    if cmd == "prepare-data":
+        return (f"packed {', '.join(f'{k} {v:,}' for k, v in rec.get('splits', {}).items())} images "
+                f"({rec.get('num_skipped', 0)} left out) -> {out}")
+    return json.dumps(rec)
+
+
+def _emit(args, rec: dict, out: str | None = None) -> None:
+    """The record as JSON (--json) or one summary line, on rank 0 only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    print(json.dumps(rec, indent=2) if getattr(args, "json", False) else summary_line(args.cmd, rec, out))
+
+
 def _os_error(e: OSError) -> str:
     """An error of the operating system as one paragraph that names the file and the way out."""
     from .config import shown
@@ -443,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _load(args)
             if args.print_config:
                 return _print_config(cfg)
-            print(json.dumps({k: v for k, v in fit_tokenizer.run(cfg, Path(args.out)).items()
-                              if k != "explained_variance"}, indent=2))
+            rec = fit_tokenizer.run(cfg, Path(args.out))
+            _emit(args, {k: v for k, v in rec.items() if k != "explained_variance"}, args.out)
         elif args.cmd == "pretrain":
             from .engine import pretrain
 
@@ -454,16 +511,18 @@ def main(argv: list[str] | None = None) -> int:
             summary = pretrain.run(cfg, Path(args.out), resume=args.resume, force=args.force,
                                    allow_config_change=args.allow_config_change,
                                    max_steps=args.max_steps)
-            if os.environ.get("RANK", "0") == "0":
-                print(json.dumps(summary, indent=2))
+            _emit(args, summary, args.out)
         elif args.cmd == "linprobe":
             res = cmd_linprobe(args)
             if args.print_config:
                 return 0
             if "cells" in res:  # the sweep: its tables, then the record without the cells
                 print((Path(args.out) / "eval" / res["files"]["md"]).read_text())
-            print(json.dumps({k: v for k, v in res.items()
-                              if k not in ("grid", "cells", "paper_reference")}, indent=2))
+                if args.json:
+                    print(json.dumps({k: v for k, v in res.items()
+                                      if k not in ("grid", "cells", "paper_reference")}, indent=2))
+            else:
+                _emit(args, {k: v for k, v in res.items() if k not in ("grid", "paper_reference")})
         elif args.cmd == "finetune":
             from .engine import finetune
 
@@ -477,14 +536,18 @@ def main(argv: list[str] | None = None) -> int:
             res = finetune.run(cfg, Path(args.out), resume=args.resume, force=args.force,
                                max_steps=args.max_steps)
             if res:
-                print(json.dumps({k: v for k, v in res.items() if k != "curve"}, indent=2))
+                _emit(args, {k: v for k, v in res.items() if k != "curve"})
         elif args.cmd == "export":
             from .engine.export import export
 
             info = export(Path(args.run_dir), Path(args.out), t=args.t, blocks=args.blocks,
                           use_ema=not args.no_ema, clean=args.clean_input)
-            print(json.dumps({k: v for k, v in info.items() if k != "timm"}, indent=2))
-            print(f"load with timm:\n  {info['timm']}")
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                print(f"exported blocks 1-{info['blocks']} at t = {info['t']} ({info['params']:,} "
+                      f"parameters, clean input {info['clean_input']}; {info['input']}) -> "
+                      f"{info['out']}\nload with timm:\n  {info['timm']}")
         elif args.cmd == "sample":
             from .engine import sample
 
@@ -493,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _print_config(cfg)
             rec = sample.run(cfg, Path(args.run_dir),
                              out=Path(args.out) if args.out else None, n=args.n)
-            if os.environ.get("RANK", "0") == "0":
-                print(json.dumps(rec, indent=2))
+            _emit(args, rec)
         elif args.cmd == "fid":
             from .engine import fid
 
@@ -504,8 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_config:
                 return _print_config(cfg)
             rec = fid.run(cfg, Path(args.run_dir), samples=Path(args.samples) if args.samples else None)
-            if os.environ.get("RANK", "0") == "0":
-                print(json.dumps(rec, indent=2))
+            _emit(args, rec)
         elif args.cmd == "figures":
             from .engine import figures
 
@@ -519,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = prepare(Path(args.src), Path(args.dst), args.size,
                            [x.strip() for x in args.splits.split(",") if x.strip()], args.workers,
                            on_bad_image=args.on_bad_image, max_pixels=args.max_image_pixels)
-            print(json.dumps(meta, indent=2))
+            _emit(args, meta, args.dst)
             print(f"use it with: data.source=packed data.path={args.dst} data.image_size={args.size} "
                   f"data.num_classes={len(meta['classes'])}")
         elif args.cmd == "trajectory":

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,12 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
         write_run_config(work, cfg)
     rt.barrier()
     trainer = Trainer(cfg, enc, plan, rt)
+    if rt.is_main:
+        print(f"ldae finetune ({ft.init}): {sum(p.numel() for p in enc.model.parameters()) / 1e6:.2f} M "
+              f"parameters, {len(train_ds):,} {cfg.data.train_split} images at {cfg.data.image_size} "
+              f"px, {plan.total_steps:,} steps of batch {ft.batch_size} ({ft.epochs:g} epochs), peak "
+              f"lr {plan.lr:.2e}, evaluated on {cfg.data.eval_split} -> {work}", file=sys.stderr,
+              flush=True)
     log = MetricsLog(work, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
     state = load_resume_state(work, resume, resume_from, rt)
     if state is not None:

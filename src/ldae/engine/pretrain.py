@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,6 +408,12 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     den = build_denoiser(cfg, tok).to(rt.device).train()
     trainer = Trainer(cfg, den, plan, rt)
     trainer.out = out
+    if rt.is_main:  # the header: what is about to run (the summary line comes at the end)
+        print(f"ldae pretrain: model {cfg.model.name} ({den.backbone.num_params() / 1e6:.2f} M "
+              f"parameters), {cfg.tokenizer.name} d = {cfg.tokenizer.dim}, {len(dataset):,} "
+              f"{cfg.data.train_split} images at {cfg.data.image_size} px, {plan.total_steps:,} "
+              f"steps of batch {cfg.optim.batch_size} ({cfg.optim.epochs:g} epochs), peak lr "
+              f"{plan.lr:.2e}, {rt.device} x {rt.world} -> {out}", file=sys.stderr, flush=True)
     log = MetricsLog(out, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
     state = load_resume_state(out, resume, resume_from, rt)
     if state is not None:
