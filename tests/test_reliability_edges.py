@@ -476,3 +476,35 @@ def test_the_python_api_is_listed_and_lazy():
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_tensorboard_gets_fig8_denoising_images_at_checkpoints(tmp_path, monkeypatch):
+    """With train.tensorboard=true: scalars and, at each checkpoint, one Fig. 8 grid (clean, then
+    noisy / denoised per t). A stand-in SummaryWriter records the calls, so the test needs no
+    tensorboard install."""
+    import types
+
+    calls = []
+
+    class Writer:
+        def __init__(self, logdir):
+            calls.append(("init", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append(("scalar", tag, step))
+
+        def add_image(self, tag, image, step):
+            calls.append(("image", tag, step, tuple(image.shape), float(image.min()), float(image.max())))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    pretrain.run(tiny(*CFG, "train.tensorboard=true", "train.ckpt_every=4"), tmp_path / "run")
+    images = [c for c in calls if c[0] == "image"]
+    assert [c[2] for c in images] == [4, 8]
+    _, tag, _, shape, lo, hi = images[0]
+    assert "t = 100, 250, 500" in tag and shape[0] == 3 and 0.0 <= lo <= hi <= 1.0
+    # 7 rows (clean + 3 x noisy/denoised) of 8 px tiles with 1 px padding
+    assert shape[1] == 7 * (8 + 1) + 1
+    assert any(c[0] == "scalar" and c[1] == "loss" for c in calls) and calls[-1] == ("close",)

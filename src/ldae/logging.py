@@ -59,6 +59,11 @@ class MetricsLog:
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k, v, step)
 
+    def image(self, tag: str, image, step: int) -> None:
+        """A (3, H, W) image in [0, 1] to TensorBoard (no-op without it)."""
+        if self.tb is not None:
+            self.tb.add_image(tag, image, step)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -386,6 +386,38 @@ def denoise_panels(den, x: torch.Tensor, t: int, y: torch.Tensor | None = None,
     return {"clean": x, "noisy": noisy, "denoised": denoised}
 
 
+class DenoisingPreview:
+    """Fig. 8 during training, for TensorBoard: ``n`` fixed validation images, and for each of
+    ``default_steps`` (T/10, T/4, T/2) the network's noisy input and its denoised output, as one
+    grid (rows: clean, then noisy / denoised per t; fixed noise, so frames compare over steps).
+    Drawn with the weights being trained (not EMA), in eval mode, at checkpoint steps."""
+
+    def __init__(self, cfg, den, device, n: int = 8, seed: int = SEED):
+        self.x, y = val_images(cfg, n, device)
+        self.y = y if cfg.model.class_cond else None
+        self.steps, self.seed = default_steps(den.schedule), seed
+        self.raw = den.output_space == "image"
+
+    @torch.no_grad()
+    def grid(self, den) -> torch.Tensor:
+        from torchvision.utils import make_grid
+
+        was = den.training
+        den.eval()
+        rows = [self.x]
+        for s in self.steps:
+            g = torch.Generator(device=self.x.device).manual_seed(self.seed * 100_003 + int(s))
+            p = denoise_panels(den, self.x, int(s), self.y, g, raw=self.raw)
+            rows += [p["noisy"], p["denoised"]]
+        den.train(was)
+        tiles = (torch.cat(rows).float().clamp(-1, 1) + 1) / 2
+        return make_grid(tiles.cpu(), nrow=self.x.shape[0], padding=1)
+
+    @property
+    def tag(self) -> str:
+        return f"denoising/clean, then noisy | denoised at t = {', '.join(map(str, self.steps))}"
+
+
 def fig8_denoising(run_dir: Path, path: Path, t: Sequence[int] | None = None, n_images: int = 8,
                    device="cpu", cache: dict | None = None, seed: int = SEED) -> tuple[Path, str]:
     from ..plots import image_grid, to_rgb01

@@ -438,6 +438,14 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
         from .monitor import KnnMonitor
 
         monitor = KnnMonitor(cfg, dataset, rt.device)
+    preview = None
+    if log.tb is not None:  # Fig. 8 in TensorBoard at each checkpoint
+        from .figures import DenoisingPreview, Skip
+
+        try:
+            preview = DenoisingPreview(cfg, den, rt.device)
+        except (LdaeError, Skip) as e:  # e.g. no val split: scalars only
+            print(f"warning: no denoising images in TensorBoard ({e})", file=sys.stderr)
     bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
     timer = Timer()
     start_step = trainer.step
@@ -489,6 +497,8 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
                             **({"knn": f"{last['knn_top1']:.1f}"} if "knn_top1" in last else {}))
         if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
             checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
+            if preview is not None:
+                log.image(preview.tag, preview.grid(den), s)
         if stop_now:
             preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
             break
