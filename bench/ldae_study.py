@@ -93,7 +93,9 @@ def final_tables(final: Path) -> str:
             continue
         cells = []
         for e in EPOCHS:
-            cells.append(stats([(probe(r / "eval" / f"linprobe-ep{e}.json") or {}).get("top1") for r in runs]))
+            vals = [(probe(r / "eval" / f"linprobe-ep{e}.json") or {}).get("top1") for r in runs]
+            n = sum(v is not None for v in vals)
+            cells.append(stats(vals) + (f" ({n} of {len(runs)} seeds)" if 0 < n < len(runs) else ""))
         cells.append(stats([(probe(r / "eval" / "linprobe.json") or {}).get("top1") for r in runs]))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
