@@ -238,8 +238,8 @@ def _run_or_preset_config(args, overrides: list[str]) -> "Config":  # noqa: F821
     from .config import _is_file, load_config
     from .engine.common import CONFIG_FILE, read_run_dict
 
-    out = Path(args.out)
-    if _is_file(out / CONFIG_FILE) and not args.config:
+    out = Path(args.out) if args.out is not None else None  # None: --print-config of a preset
+    if out is not None and _is_file(out / CONFIG_FILE) and not args.config:
         return load_config(None, overrides, base=read_run_dict(out / CONFIG_FILE))
     return load_config(args.config, overrides)
 
@@ -251,7 +251,6 @@ def cmd_linprobe(args) -> dict:
     from .engine import linprobe
     from .engine.common import encoder_for
 
-    out = Path(args.out)
     overrides = list(args.overrides)
     if args.fast:
         overrides.append("linprobe.fast=true")
@@ -261,6 +260,7 @@ def cmd_linprobe(args) -> dict:
     cfg = _run_or_preset_config(args, overrides)
     if args.print_config:
         return _print_config(cfg)
+    out = Path(args.out)
     rt = setup(cfg.train.device, cfg.train.threads)
     if args.ckpt and cfg.linprobe.encoder != "ldae":
         raise LdaeError("--ckpt names a checkpoint of the run's own encoder (--encoder ldae).")
