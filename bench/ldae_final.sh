@@ -7,7 +7,8 @@
 # its end (clean input = projected, the default; the l-DAE also with the original image) and at
 # the checkpoints of the epochs in EPOCH_PROBES (default "1 2 4"; "" skips them). Two such jobs
 # fit side by side on a 2-core machine with THREADS=1 (the default); a job resumes where it
-# stopped when run again.
+# stopped when run again. MORE="key=value ..." adds run-time overrides (e.g. MORE=train.ckpt_every=117
+# for a checkpoint every third of an epoch, so a run cut short loses less; a resume may change it).
 set -euo pipefail
 KIND=$1; SEED=$2; THREADS=${3:-1}
 LDAE=${LDAE:-.venv/bin/ldae}
@@ -16,16 +17,16 @@ DDM="model.class_cond=false diffusion.schedule=linear_gamma2 diffusion.target=ep
 case $KIND in
   ldae) EXTRA="" ;;
   ddm) EXTRA="$DDM" ;;
-  pixel) EXTRA="$DDM tokenizer.name=pixel" ;;
+  pixel) EXTRA="$DDM tokenizer.name=pixel tokenizer.dim=192" ;;
   pixels64) $LDAE linprobe -c cifar10-cpu --fast --encoder pixels --out "$OUT" train.seed=$SEED train.threads=$THREADS; exit ;;
   pixels32) $LDAE linprobe -c cifar10-cpu --fast --encoder pixels --out "$OUT" train.seed=$SEED train.threads=$THREADS \
               data.image_size=32 model.patch_size=4 tokenizer.dim=4; exit ;;
   *) echo "KIND must be ldae, ddm, pixel, pixels32 or pixels64" >&2; exit 2 ;;
 esac
 if [ -d "$OUT/checkpoints" ]; then
-  $LDAE pretrain -c cifar10-cpu --out "$OUT" --resume auto train.seed=$SEED train.threads=$THREADS train.keep_ckpts=20 $EXTRA
+  $LDAE pretrain -c cifar10-cpu --out "$OUT" --resume auto train.seed=$SEED train.threads=$THREADS train.keep_ckpts=20 $EXTRA ${MORE:-}
 else
-  $LDAE pretrain -c cifar10-cpu --out "$OUT" train.seed=$SEED train.threads=$THREADS train.keep_ckpts=20 $EXTRA
+  $LDAE pretrain -c cifar10-cpu --out "$OUT" train.seed=$SEED train.threads=$THREADS train.keep_ckpts=20 $EXTRA ${MORE:-}
 fi
 probe() {  # TAG [args...]
   local tag=$1; shift
