@@ -773,11 +773,11 @@ def describe_keys(section: str | None = None) -> list[tuple[str, str, str]]:
     line in this file, so the listing cannot go stale."""
     import inspect
 
-    rows, choices = [], _choices()
+    rows, choices, default = [], _choices(), Config()
     for sec in dataclasses.fields(Config):
         if section and sec.name != section:
             continue
-        cls = type(getattr(Config(), sec.name))
+        cls = type(getattr(default, sec.name))
         lines, comments, above = inspect.getsource(cls).splitlines(), {}, []
         for ln in lines[1:]:
             text = ln.strip()
@@ -789,7 +789,7 @@ def describe_keys(section: str | None = None) -> list[tuple[str, str, str]]:
                 tail = text.split("  # ", 1)[1].strip() if "  # " in text else ""
                 comments[m.group(1)] = tail or " ".join(above)
             above = []
-        defaults = getattr(Config(), sec.name)
+        defaults = getattr(default, sec.name)
         for f in dataclasses.fields(cls):
             value = getattr(defaults, f.name)
             shown_value = yaml.safe_dump(list(value) if isinstance(value, tuple) else value,

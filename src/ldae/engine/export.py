@@ -31,6 +31,7 @@ import torch
 
 from ..checkpoint import atomic_path, atomic_write_json
 from ..errors import ConfigError
+from ..models.vit import constructor_kwargs  # noqa: F401 (re-exported)
 
 TIMM_CALL = "import timm; m = timm.create_model('local-dir:{d}', pretrained=True)"
 #: a registered timm name for the hub config: ``model_args`` override every size it implies
@@ -47,12 +48,6 @@ def hub_config(kwargs: dict, image_size: int, channels: int = 3) -> dict:
                                "num_classes": 0, "license": "mit",
                                "tag": "ldae", "first_conv": "patch_embed.proj",
                                "classifier": "head"}}
-
-
-def constructor_kwargs(config: dict) -> dict:
-    """The VisionTransformer keywords of an export's ``config.json`` (hub format, or the flat
-    keywords older ldae versions wrote)."""
-    return dict(config["model_args"]) if "model_args" in config else dict(config)
 
 
 def _patch_map(den, clean: str = "original") -> tuple[torch.Tensor, torch.Tensor]:

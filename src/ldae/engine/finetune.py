@@ -61,8 +61,9 @@ from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_i
 from ..optim import ema_update, set_lr, warmup_cosine
 from ..preempt import PreemptionGuard
 from .common import write_run_config
+from .rundir import load_resume_state, prepare_run_dir
 from .linprobe import TOPK, accuracy_counts
-from .pretrain import LossWindow, Plan, load_resume_state, prepare_run_dir
+from .pretrain import LossWindow, Plan
 from .pretrain import make_plan as pretrain_plan
 
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)

@@ -198,8 +198,6 @@ def load_vit(source: str, weights: str = "", image_size: int | None = None,
         raise ConfigError(f"vit.source={source} is neither an `ldae export` dir ({EXPORT_CONFIG} + "
                           f"{EXPORT_WEIGHTS}) nor timm:MODEL_NAME. An ldae pretraining run is "
                           "probed/fine-tuned through --out RUN_DIR itself.")
-    from ..engine.export import constructor_kwargs
-
     kwargs = constructor_kwargs(json.loads((path / EXPORT_CONFIG).read_text()))
     if image_size and kwargs.get("img_size") != image_size:
         raise ConfigError(f"{path} was exported for {kwargs.get('img_size')} px images but "
@@ -211,6 +209,12 @@ def load_vit(source: str, weights: str = "", image_size: int | None = None,
     if (path / "export.json").is_file():
         meta = json.loads((path / "export.json").read_text())
     return VitEncoder(model, source=str(path), meta=meta)
+
+
+def constructor_kwargs(config: dict) -> dict:
+    """The VisionTransformer keywords of an export's ``config.json`` (hub format, or the flat
+    keywords older ldae versions wrote)."""
+    return dict(config["model_args"]) if "model_args" in config else dict(config)
 
 
 def build_vit(kwargs: dict, num_classes: int = 0, head_norm: bool = False,
@@ -225,5 +229,5 @@ def build_vit(kwargs: dict, num_classes: int = 0, head_norm: bool = False,
     return VisionTransformer(**kw)
 
 
-__all__ = ["VitEncoder", "vit_layer_groups", "no_decay_ids", "read_state_dict", "load_vit", "load_into",
+__all__ = ["constructor_kwargs", "VitEncoder", "vit_layer_groups", "no_decay_ids", "read_state_dict", "load_vit", "load_into",
            "build_vit", "is_export_dir", "TIMM_PREFIX"]
