@@ -1,5 +1,6 @@
 # Two entry points on a fresh machine: `make demo` (the main job on the bundled digits) and
-# `make test` (the suite). Each creates or refreshes .venv first.
+# `make test` (the suite). Each creates or refreshes .venv first, with the exact versions of
+# constraints.txt (pyproject.toml holds the ranges a user's own environment may have).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,10 +8,10 @@ STAMP  := $(VENV)/.ldae-installed
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
