@@ -34,7 +34,9 @@ for which in ${@:-keep-torch lowest newest}; do
   case $which in
     keep-torch)
       "$(py 3.11)" -m venv "$env"
-      "$env/bin/pip" install -q torch==2.13.0 torchvision==0.28.0 2>&1 | grep -v "is ignored" || true
+      # from the index itself (a local wheel dir may hold a CPU-only torch that PyPI's torchvision
+      # cannot load beside)
+      env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$env/bin/pip" install -q torch==2.13.0 torchvision==0.28.0
       before=$("$env/bin/python" -c "import torch; print(torch.__version__)")
       "$env/bin/pip" install -q ".[test]" 2>&1 | grep -v "is ignored" || true
       after=$("$env/bin/python" -c "import torch; print(torch.__version__)")
