@@ -25,7 +25,7 @@ git clone -q "$ROOT" "$SCRATCH/src"
 cd "$SCRATCH/src"
 subset() {  # ENV: run the subset with the env's interpreter against the installed (not the source) ldae
   local env=$1
-  (cd "$SCRATCH/src" && env -u PYTHONPATH "$env/bin/python" -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -3)
+  (cd "$SCRATCH/src" && env -u PYTHONPATH "$env/bin/python" -m pytest -p no:cacheprovider -W ignore::DeprecationWarning $TESTS 2>&1 | tail -1)
 }
 versions() { "$1/bin/python" -c "import sys, torch, torchvision, timm, numpy, sklearn, matplotlib, PIL, safetensors; print('python', sys.version.split()[0], '| torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__, '| numpy', numpy.__version__, '| scikit-learn', sklearn.__version__, '| matplotlib', matplotlib.__version__, '| pillow', PIL.__version__, '| safetensors', safetensors.__version__)"; }
 for which in ${@:-keep-torch lowest newest}; do
