@@ -12,9 +12,11 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..seeds import generator, mix
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = generator(mix(seed, epoch))
     return torch.randperm(n, generator=g)
 
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torchvision.ops import roi_align
 
-from ..diffusion.objective import sharded
+from ..seeds import sharded
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,12 @@ The final l-DAE (Tab. 3, last row) is sigma_linear x image x inv1p_sigma2 x imag
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..seeds import Rows, sharded  # noqa: F401  (Rows: re-exported for callers of Denoiser.loss)
 from .schedules import DDPM, Constant, LinearGamma2, Schedule, SigmaLinear
 from .targets import TARGETS, Batch, Target
 from .weights import LOSS_WEIGHTS
@@ -32,32 +32,6 @@ from .weights import LOSS_WEIGHTS
 CLEAN_INPUTS = ("original", "projected")
 SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
              "constant": Constant}
-
-
-@dataclass(frozen=True)
-class Rows:
-    """The rows of a global batch that one call sees (a rank's share, or one micro-batch of it).
-
-    Every random draw is made for all ``total`` rows and then indexed, so a step's randomness
-    does not depend on how its global batch is split over processes and accumulation steps."""
-    total: int
-    index: torch.Tensor  # (B_local,) int64 positions in the global batch
-
-    @staticmethod
-    def of(total: int, rank: int = 0, world: int = 1, micro: int = 0, micro_size: int | None = None
-           ) -> "Rows":
-        mine = torch.arange(rank, total, world)
-        if micro_size is not None:
-            mine = mine[micro * micro_size:(micro + 1) * micro_size]
-        return Rows(total, mine)
-
-
-def sharded(draw, local: int, rows: "Rows | None") -> torch.Tensor:
-    """``draw(n)`` for the whole global batch, then this call's rows (all of them if None)."""
-    if rows is None:
-        return draw(local)
-    out = draw(rows.total)
-    return out[rows.index.to(out.device)]
 
 
 def check_combination(d) -> None:

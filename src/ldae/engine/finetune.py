@@ -60,6 +60,7 @@ from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_i
                           vit_layer_groups)
 from ..optim import ema_update, set_lr, warmup_cosine
 from ..preempt import PreemptionGuard
+from ..seeds import STREAM_FT_DATA, STREAM_FT_STEP, finetune_seed
 from .common import write_run_config
 from .rundir import load_resume_state, prepare_run_dir
 from .linprobe import TOPK, accuracy_counts
@@ -67,16 +68,11 @@ from .pretrain import LossWindow, Plan
 from .pretrain import make_plan as pretrain_plan
 
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)
-STREAM_DATA, STREAM_STEP = 11, 12  # per-image augmentation (loader) / MixUp + drop path (step)
 
 
 def stem(init: str) -> str:
     """``finetune`` for the run's own encoder, ``finetune-{init}`` otherwise."""
     return "finetune" if init == "ldae" else f"finetune-{init}"
-
-
-def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
-    return (((seed * 1_000_003 + step) * 1_009 + rank) * 31 + stream) % (2 ** 32)
 
 
 def seed_all(s: int) -> None:
@@ -212,7 +208,7 @@ class TrainSteps(torch.utils.data.Dataset):
         else:
             items = [self.dataset[int(j)] for j in idx]
             xb, yb = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
-        seed_all(step_seed(self.seed, step, self.rank, STREAM_DATA))
+        seed_all(finetune_seed(self.seed, step, self.rank, STREAM_FT_DATA))
         out = [self.transform(Image.fromarray(x.permute(1, 2, 0).numpy())) for x in xb]
         return torch.stack(out), yb
 
@@ -312,7 +308,7 @@ class Trainer:
         ft = cfg.finetune
         set_lr(self.opt, warmup_cosine(self.step, plan.total_steps, plan.warmup_steps, plan.lr,
                                        floor=min(ft.min_lr, plan.lr)))
-        seed_all(step_seed(cfg.train.seed, self.step, rt.rank, STREAM_STEP))
+        seed_all(finetune_seed(cfg.train.seed, self.step, rt.rank, STREAM_FT_STEP))
         self.enc.train()
         accum = ft.accum_steps
         total = torch.zeros((), device=rt.device)

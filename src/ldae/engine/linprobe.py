@@ -79,20 +79,17 @@ from ..errors import ConfigError
 from ..logging import MetricsLog, progress
 from ..models.vit import VitEncoder
 from ..optim import LARS, scaled_lr, set_lr, warmup_cosine
+from ..seeds import (STREAM_EXTRACT, STREAM_HOLDOUT, STREAM_INIT, STREAM_PROBE_AUG,
+                     STREAM_PROBE_NOISE, generator, probe_seed)
 
 BN_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6)
 HEAD_INIT_STD = 0.01  # MAE: trunc_normal_(head.weight, std=0.01)
 TOPK = 5
-# Random streams: every draw is a function of (train.seed, stream, step), so runs repeat exactly.
-STREAM_INIT, STREAM_AUG, STREAM_NOISE, STREAM_EXTRACT, STREAM_HOLDOUT = 1, 2, 3, 4, 5
-
-
-def _seed(seed: int, stream: int, step: int = 0) -> int:
-    return ((seed * 1_000_003 + stream) * 1_000_003 + step) % (2 ** 63)
+# Random streams (``ldae.seeds``): every draw is a function of (train.seed, stream, step).
 
 
 def _generator(device: torch.device | str, seed: int, stream: int, step: int = 0) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(_seed(seed, stream, step))
+    return generator(probe_seed(seed, stream, step), device)
 
 
 def _sync(device: torch.device) -> None:
@@ -135,7 +132,7 @@ class LinearProbe(nn.Module):
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=BN_EPS)
         self.heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_heads))
         for h in self.heads:
-            g = torch.Generator().manual_seed(_seed(seed, STREAM_INIT))
+            g = torch.Generator().manual_seed(probe_seed(seed, STREAM_INIT))
             nn.init.trunc_normal_(h.weight, std=HEAD_INIT_STD, generator=g)
             nn.init.zeros_(h.bias)
 
@@ -307,7 +304,7 @@ def holdout_split(n: int, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     (at least 1 row, leaving at least 1) that selects the lr; sorted, disjoint, covering all."""
     k = min(max(1, round(cfg.linprobe.holdout * n)), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-        _seed(cfg.train.seed, STREAM_HOLDOUT)))
+        probe_seed(cfg.train.seed, STREAM_HOLDOUT)))
     return perm[k:].sort().values, perm[:k].sort().values
 
 
@@ -409,8 +406,8 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = next(stream)  # uint8 (B, C, H, W); augmentation a function of (seed, step)
         x = augment(xb.to(rt.device, non_blocking=True),
-                    _generator("cpu", cfg.train.seed, STREAM_AUG, step))
-        noise = (_generator(rt.device, cfg.train.seed, STREAM_NOISE, step)
+                    _generator("cpu", cfg.train.seed, STREAM_PROBE_AUG, step))
+        noise = (_generator(rt.device, cfg.train.seed, STREAM_PROBE_NOISE, step)
                  if denoiser is not None else None)
         return encode(denoiser, x, cfg, rt, blocks, noise)[0], yb.to(rt.device)
 

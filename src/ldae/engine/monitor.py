@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import to_float
+from ..seeds import STREAM_FIXED, generator, mix
 
 KNN_K = 20
 KNN_T = 0.07
@@ -56,7 +57,7 @@ class KnnMonitor:
         tr = cfg.train
         n = len(dataset)
         fit_idx, ho_idx = holdout_split(n, cfg)
-        g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 7)
+        g = generator(mix(cfg.train.seed, STREAM_FIXED))
         self.queries = ho_idx[torch.randperm(ho_idx.numel(), generator=g)[:tr.monitor_queries]].sort().values
         self.bank = fit_idx[torch.randperm(fit_idx.numel(), generator=g)[:tr.monitor_bank]].sort().values
         self.dataset, self.device, self.cfg = dataset, device, cfg

@@ -29,12 +29,13 @@ from .. import checkpoint, dist
 from ..config import Config
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..data.datasets import count_skipped, write_skip_log
-from ..diffusion.objective import Denoiser, Rows, build_denoiser
+from ..diffusion.objective import Denoiser, build_denoiser
 from ..errors import ConfigError, LdaeError
 from ..logging import MetricsLog, Timer, progress
 from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
 from ..plots import training_curves
 from ..preempt import PreemptionGuard
+from ..seeds import STREAM_AUG, STREAM_NOISE, Rows, generator, pretrain_seed
 from ..tokenizers import Tokenizer
 from . import fit_tokenizer
 from .common import TOKENIZER_FILE, tokenizer_for, write_run_config
@@ -110,16 +111,11 @@ def make_plan(cfg: Config, n_images: int, world: int, section: str = "optim") ->
                 micro_batch=local // o.accum_steps)
 
 
-STREAM_AUG, STREAM_NOISE = 0, 1  # augmentation (CPU) and t / noise / label drops (device)
-
-
 def step_generator(seed: int, step: int, stream: int, device: torch.device) -> torch.Generator:
-    """The generator of one random stream of ``step``, the same on every rank and micro-batch:
-    each draws for the whole global batch and keeps its rows (``Rows``), so splitting the batch
-    changes nothing. Separate streams keep flips/crops independent of t and the noise."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 2 + stream)
-    return g
+    """The generator of one random stream of ``step`` (``seeds.STREAM_AUG``: flips/crops, on the
+    CPU; ``seeds.STREAM_NOISE``: t, noise and label drops, on the device), the same on every rank
+    and micro-batch: each draws for the whole global batch and keeps its rows (``seeds.Rows``)."""
+    return generator(pretrain_seed(seed, step, stream), device)
 
 
 def note_skipped(cfg: Config, dataset, out: Path, rt: dist.Runtime) -> Path | None:

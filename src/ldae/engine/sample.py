@@ -30,6 +30,7 @@ from ..diffusion.sampling import eta_of, prior_mismatch, sample_latents
 from ..dist import Runtime, setup
 from ..errors import ConfigError
 from ..logging import Timer, progress
+from ..seeds import STREAM_FIXED, generator, mix
 from .common import load_run
 
 SAMPLES_FILE, META_FILE, GRID_FILE = "samples.npz", "samples.json", "grid.png"
@@ -51,7 +52,7 @@ def labels_for(n: int, num_classes: int, classes: str, seed: int) -> torch.Tenso
     """Class of each image: i mod C (balanced, every class equally often) or uniform at random."""
     if classes == "balanced":
         return torch.arange(n) % num_classes
-    g = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    g = generator(mix(seed, STREAM_FIXED))
     return torch.randint(0, num_classes, (n,), generator=g)
 
 
@@ -81,7 +82,7 @@ def generate(den, cfg: Config, n: int, rt: Runtime, show: bool = True
     for b in batches:
         rows = list(range(b * B, min((b + 1) * B, n)))
         y = all_labels[rows].to(dev) if cond else None
-        g = torch.Generator(device=dev).manual_seed(s.seed * 1_000_003 + b)
+        g = generator(mix(s.seed, b), dev)
 
         def predict(zt, t, y=y):
             return den.predict_z0(zt, t, y, guidance=s.guidance, autocast=autocast)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..seeds import generator, mix
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -42,7 +43,7 @@ class FitData:
         self.n, self._get, self.device, self.seed = n, get, torch.device(device), seed
 
     def batches(self, batch_size: int, epoch: int = 0, shuffle: bool = True):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = generator(mix(self.seed, epoch))
         order = torch.randperm(self.n, generator=g) if shuffle else torch.arange(self.n)
         for i in range(0, self.n, batch_size):
             yield self._get(order[i:i + batch_size]).to(self.device, non_blocking=True)
