@@ -12,6 +12,7 @@ from PIL import Image
 from ldae.config import load_config
 from ldae.diffusion.objective import build_denoiser
 from ldae.engine import demo, figures, pretrain
+from ldae.engine import panels as panels_mod
 from ldae.engine.common import load_run
 from ldae.errors import ConfigError
 from ldae.tokenizers import PCATokenizer, load_tokenizer
@@ -138,7 +139,7 @@ def test_fig8_of_a_run_is_its_ema_denoiser_and_seeded(run_dir, tmp_path, monkeyp
         seen.append((t, y, out))
         return out
 
-    monkeypatch.setattr(figures, "denoise_panels", spy)
+    monkeypatch.setattr(panels_mod, "denoise_panels", spy)  # where fig8_denoising looks it up
     path, caption = figures.fig8_denoising(run_dir, tmp_path / "a.png", t=[50, 900], n_images=2)
     png_ok(path)
     assert [s[0] for s in seen] == [50, 900] and seen[0][1] is None  # unconditional run
@@ -160,7 +161,7 @@ def test_class_conditional_fig8_passes_the_true_labels(tmp_path, monkeypatch):
     pretrain.run(tiny("model.class_cond=true"), run, max_steps=1)
     seen = []
     real = figures.denoise_panels
-    monkeypatch.setattr(figures, "denoise_panels",
+    monkeypatch.setattr(panels_mod, "denoise_panels",
                         lambda den, x, t, y=None, generator=None, raw=None: seen.append(y) or real(den, x, t, y, generator, raw))
     monkeypatch.setattr("ldae.plots.image_grid", lambda cells, path, **kw: path)  # no drawing needed
     figures.fig8_denoising(run, tmp_path / "f8.png", t=[10], n_images=3)

@@ -28,11 +28,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .cli_support import EXIT_OS_ERROR, _emit, _os_error, check_args  # noqa: F401 (EXIT_OS_ERROR: API)
 from .errors import LdaeError
+
+if TYPE_CHECKING:  # the CLI imports config (and torch) only once a command runs
+    from .config import Config
 
 
 def _common(p: argparse.ArgumentParser, preset_required: bool = False, default_out: str | None = None) -> None:
@@ -248,7 +252,7 @@ def cmd_linprobe(args) -> dict:
     ``linprobe.sweep_*`` is set (without ``--sweep`` only the set axes are swept)."""
     from .dist import setup
     from .engine import linprobe
-    from .engine.common import encoder_for
+    from .engine.encoders import encoder_for
 
     overrides = list(args.overrides)
     if args.fast:

@@ -760,13 +760,6 @@ def absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
     return out
 
 
-def relative_note(value: str) -> str:
-    """For error messages: what a relative path setting is relative to."""
-    if not value or Path(value).is_absolute() or value.startswith("timm:"):
-        return ""
-    return f" (a relative path, read from the current directory {Path.cwd()})"
-
-
 def describe_keys(section: str | None = None) -> list[tuple[str, str, str]]:
     """``(key, default, meaning)`` of every setting (of one section), read from the schema
     itself: the dataclass fields, their defaults and the comment on (or just above) each field's

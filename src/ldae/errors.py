@@ -4,6 +4,9 @@ Every problem a user can cause (a bad config key, a missing data path, a corrupt
 raised as a subclass of :class:`LdaeError`. The CLI prints its message as one paragraph and exits
 with status 2, never with a traceback; anything else is a bug in ldae.
 """
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class LdaeError(Exception):
@@ -20,3 +23,10 @@ class DataError(LdaeError):
 
 class CheckpointError(LdaeError):
     """Missing, corrupt or incompatible checkpoint."""
+
+
+def relative_note(value: str) -> str:
+    """For error messages: what a relative path setting is relative to."""
+    if not value or Path(value).is_absolute() or value.startswith("timm:"):
+        return ""
+    return f" (a relative path, read from the current directory {Path.cwd()})"

@@ -31,20 +31,19 @@ the list in a run's JSONL file.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, relative_note
+from .folder import ImageFolderDataset, append_jsonl
+from .packed import PackedDataset
 
 SOURCES = ("digits", "npz", "cifar", "imagefolder", "packed", "synthetic")
-IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-POLICIES = ("error", "skip")  # data.on_bad_image
 SKIP_HINT = "or set data.on_bad_image=skip to leave it out"
 
 
@@ -217,18 +216,12 @@ def build_dataset(cfg, split: str) -> Dataset:
     """The dataset of ``cfg.data`` for ``split`` (train | val | all | test)."""
     d = cfg.data
     if d.source == "imagefolder":
-        from .folder import ImageFolderDataset
-
         return ImageFolderDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit,
                                   on_bad_image=d.on_bad_image, max_pixels=d.max_image_pixels)
     if d.source == "packed":
-        from .packed import PackedDataset
-
         return PackedDataset(Path(d.path), split, d.image_size, d.num_classes, d.limit)
     path = Path(d.path) if d.path else None
     if path is not None and not path.exists():
-        from ..config import relative_note
-
         raise DataError(f"data.path={path} does not exist{relative_note(d.path)}; set data.path to "
                         f"the {d.source} data.")
     skipped: list[dict] = []
@@ -262,8 +255,6 @@ def write_skip_log(dataset: Dataset, path: str | Path) -> int:
     finds bad files when it reads them (ImageFolder under data.on_bad_image=skip), set
     ``dataset.skip_log = path`` so that each read-time skip is appended there too, from any
     DataLoader worker. Returns the number of entries written now."""
-    from .folder import append_jsonl
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = list(getattr(dataset, "skipped", []))

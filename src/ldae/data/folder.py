@@ -32,9 +32,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .datasets import IMG_EXTS, POLICIES
 
 EMPTY_CLASS = "empty class folder"
+IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+POLICIES = ("error", "skip")  # data.on_bad_image
 #: ``data.max_image_pixels``: a larger image is refused before it is decoded (decompression bomb)
 MAX_PIXELS = 40_000_000
 ZERO_BYTES = "zero-byte file"

@@ -29,7 +29,7 @@ LEGACY_DEFAULTS = {("tokenizer", "scale"): "none"}
 def read_run_config(run_dir: Path) -> Config:
     """A run dir's saved Config; a missing, unreadable or corrupt config.yaml, or a run dir name
     the OS refuses, is a ConfigError naming the file."""
-    from ..config import _is_file, read_config_file, shown
+    from ..config import _is_file, shown
 
     path = Path(run_dir) / CONFIG_FILE
     if not _is_file(path):
@@ -102,29 +102,3 @@ def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "
         raise CheckpointError(f"{path} does not fit the model of {run_dir}/config.yaml: {e}") from None
     den.loaded_from = {"checkpoint": str(path), "step": checkpoint.step_of(path), "weights": which}
     return cfg, den.to(device).eval()
-
-
-def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
-    """The same architecture at random init (seeded by train.seed): the probe's lower baseline."""
-    torch.manual_seed(cfg.train.seed)
-    return build_denoiser(cfg, tokenizer).eval()
-
-
-def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True,
-                ckpt: Path | None = None) -> Denoiser | None:
-    """What ``linprobe.encoder`` names: the run's trained denoiser, the same architecture at
-    random init (with the run's tokenizer, or one fitted now), an outside ViT (``vit.source``:
-    an ``ldae export`` dir or a timm checkpoint, as a ``VitEncoder``), or None for raw pixels."""
-    enc = cfg.linprobe.encoder
-    if enc == "vit":
-        from ..models.vit import load_vit
-
-        return load_vit(cfg.vit.source, cfg.vit.weights, cfg.data.image_size).to(device)
-    if enc == "ldae":
-        return load_run(run_dir, use_ema=use_ema, device=device, ckpt=ckpt)[1]
-    if enc == "random":
-        from .fit_tokenizer import fit
-
-        tok = tokenizer_for(cfg, run_dir) or fit(cfg)
-        return build_random(cfg, tok).to(device)
-    return None

@@ -16,7 +16,7 @@ from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..dist import setup
 from . import figures, linprobe, pretrain
-from .common import encoder_for
+from .encoders import encoder_for
 
 ENCODERS = ("ldae", "random", "pixels")
 

@@ -42,7 +42,7 @@ forward per (t, noisy) pair up to its deepest needed block, every swept block's 
 equal a single fast run at that setting. Outputs ``eval/linprobe-sweep.{json,md,png}``.
 
 Encoders (``linprobe.encoder``): ``ldae`` (the trained denoiser), ``random`` (the same architecture
-at random init; the caller builds it with ``engine.common.build_random``), ``pixels`` (the
+at random init; the caller builds it with ``engine.encoders.build_random``), ``pixels`` (the
 flattened [-1, 1] image, 3 H W dims, no network: t and noisy do not apply), ``vit`` (an encoder from
 outside the run, ``models.vit.VitEncoder``: an ``ldae export`` dir, whose t and depth are baked in,
 or any timm ViT checkpoint, pooled its own way; ``ldae linprobe --from SRC [--weights FILE]``), so
@@ -433,7 +433,7 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     if lp.encoder == "pixels":
         denoiser = None
     elif denoiser is None:
-        raise ValueError(f"linprobe.encoder={lp.encoder} needs an encoder (engine.common.encoder_for "
+        raise ValueError(f"linprobe.encoder={lp.encoder} needs an encoder (engine.encoders.encoder_for "
                          "builds it); only 'pixels' runs without one.")
     t_start = time.perf_counter()
     run_dir = Path(run_dir)

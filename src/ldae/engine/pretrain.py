@@ -315,7 +315,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
         monitor = KnnMonitor(cfg, dataset, rt.device)
     preview = None
     if log.tb is not None:  # Fig. 8 in TensorBoard at each checkpoint
-        from .figures import DenoisingPreview, Skip
+        from .panels import DenoisingPreview, Skip
 
         try:
             preview = DenoisingPreview(cfg, den, rt.device)

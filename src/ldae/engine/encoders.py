@@ -1,0 +1,39 @@
+"""The encoders an evaluation can probe or fine-tune: a trained run, the same architecture at
+random init, an outside ViT, or none (raw pixels)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..diffusion.objective import Denoiser, build_denoiser
+from ..models.vit import load_vit
+from ..tokenizers import Tokenizer
+from .common import load_run, tokenizer_for
+from .fit_tokenizer import fit
+
+
+def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
+    """The same architecture at random init (seeded by train.seed): the probe's lower baseline."""
+    torch.manual_seed(cfg.train.seed)
+    return build_denoiser(cfg, tokenizer).eval()
+
+
+def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True,
+                ckpt: Path | None = None) -> Denoiser | None:
+    """What ``linprobe.encoder`` names: the run's trained denoiser, the same architecture at
+    random init (with the run's tokenizer, or one fitted now), an outside ViT (``vit.source``:
+    an ``ldae export`` dir or a timm checkpoint, as a ``VitEncoder``), or None for raw pixels."""
+    enc = cfg.linprobe.encoder
+    if enc == "vit":
+        return load_vit(cfg.vit.source, cfg.vit.weights, cfg.data.image_size).to(device)
+    if enc == "ldae":
+        return load_run(run_dir, use_ema=use_ema, device=device, ckpt=ckpt)[1]
+    if enc == "random":
+        tok = tokenizer_for(cfg, run_dir) or fit(cfg)
+        return build_random(cfg, tok).to(device)
+    return None
+
+
+__all__ = ["build_random", "encoder_for"]
