@@ -172,7 +172,7 @@ def test_exported_model_probes_like_the_run(pretrained, tmp_path):
     """The probe's features through ``--from EXPORT`` equal the run's own at the same t."""
     from ldae.data import build_dataset
     from ldae.dist import setup
-    from ldae.engine.common import encoder_for
+    from ldae.engine.encoders import encoder_for
     from ldae.engine.linprobe import extract_features, probe_blocks
 
     run, export = pretrained

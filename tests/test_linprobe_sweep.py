@@ -12,7 +12,7 @@ from ldae.config import load_config
 from ldae.data import build_dataset, iterate_in_order, to_float
 from ldae.dist import Runtime
 from ldae.engine import linprobe
-from ldae.engine.common import build_random
+from ldae.engine.encoders import build_random
 from ldae.errors import ConfigError
 from ldae.tokenizers import PCATokenizer
 

@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             demo.run(cfg, Path(args.out))
     except LdaeError as e:
         print(f"ldae {args.cmd}: error: {_one_paragraph(e)}", file=sys.stderr)
-        from .engine.pretrain import EXIT_NONFINITE, NonFiniteLoss
+        from .errors import EXIT_NONFINITE, NonFiniteLoss
         from .preempt import Preempted
 
         if isinstance(e, Preempted):

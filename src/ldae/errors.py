@@ -25,6 +25,14 @@ class CheckpointError(LdaeError):
     """Missing, corrupt or incompatible checkpoint."""
 
 
+#: the exit status of a run stopped by a non-finite loss (the CLI maps other LdaeErrors to 2)
+EXIT_NONFINITE = 3
+
+
+class NonFiniteLoss(LdaeError):
+    """Training stopped: the loss is not finite (the message names the last good checkpoint)."""
+
+
 def relative_note(value: str) -> str:
     """For error messages: what a relative path setting is relative to."""
     if not value or Path(value).is_absolute() or value.startswith("timm:"):

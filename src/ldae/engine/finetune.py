@@ -55,17 +55,17 @@ from .. import checkpoint, dist
 from ..config import Config
 from ..data import BatchStream, build_dataset, iterate_in_order, to_float
 from ..errors import ConfigError
-from ..logging import MetricsLog, Timer, progress, read_jsonl
+from ..logging import MetricsLog, read_jsonl
 from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_ids,
                           vit_layer_groups)
 from ..optim import ema_update, set_lr, warmup_cosine
 from ..preempt import PreemptionGuard
 from ..seeds import STREAM_FT_DATA, STREAM_FT_STEP, finetune_seed
 from .common import write_run_config
-from .rundir import load_resume_state, prepare_run_dir
+from .rundir import prepare_run_dir
 from .linprobe import TOPK, accuracy_counts
-from .pretrain import LossWindow, Plan
-from .pretrain import make_plan as pretrain_plan
+from .loop import Loop, Plan, resume, run_loop
+from .loop import make_plan as loop_plan
 
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)
 
@@ -238,8 +238,8 @@ def evaluate(enc: VitEncoder, dataset, cfg: Config, rt: dist.Runtime) -> dict:
 
 # -------------------------------------------------------------------------- trainer
 def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
-    """Pretraining's plan over ``cfg.finetune``, plus MixUp's even micro-batch."""
-    plan = pretrain_plan(cfg, n_images, world, "finetune")
+    """The loop's plan over ``cfg.finetune``, plus MixUp's even micro-batch."""
+    plan = loop_plan(cfg, n_images, world, "finetune")
     ft = cfg.finetune
     if (ft.mixup > 0 or ft.cutmix > 0) and plan.micro_batch % 2:
         raise ConfigError(f"MixUp/CutMix need an even micro-batch; finetune.batch_size / (world x "
@@ -343,13 +343,13 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         return _run(cfg, Path(out), rt, guard, resume, force, max_steps)
 
 
-def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume: str | None,
+def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume_arg: str | None,
          force: bool, max_steps: int | None) -> dict:
     ft = cfg.finetune
     out = Path(out)
     name = stem(ft.init)
     work = out / name
-    resume_from = prepare_run_dir(cfg, work, resume, force, rt.is_main,
+    resume_from = prepare_run_dir(cfg, work, resume_arg, force, rt.is_main,
                                   ignore=("linprobe.", "sample.", "fid."))
     train_ds = build_dataset(cfg, cfg.data.train_split)
     eval_ds = build_dataset(cfg, cfg.data.eval_split)
@@ -367,11 +367,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
               f"lr {plan.lr:.2e}, evaluated on {cfg.data.eval_split} -> {work}", file=sys.stderr,
               flush=True)
     log = MetricsLog(work, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
-    state = load_resume_state(work, resume, resume_from, rt)
-    if state is not None:
-        trainer.load(state)
-        del state
-    log.truncate_after(trainer.step)  # at step 0 too: a run killed before its first checkpoint
+    resume(work, resume_arg, resume_from, rt, trainer, log)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
     if trainer.step < stop and guard.requested_now():  # asked to stop while starting up
         raise guard.error(None, trainer.step)
@@ -379,10 +375,6 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     steps = TrainSteps(train_ds, train_transform(cfg, enc), B, cfg.train.seed, rt.rank, rt.world,
                        trainer.step, stop)
     batches = _loader(steps, cfg.data.num_workers)
-    bar = progress(stop * B, f"finetune ({ft.init})", enabled=rt.is_main, initial=trainer.step * B)
-    timer = Timer()
-    start_step = trainer.step
-    window = LossWindow(rt.device, B)
     eval_steps = plan.steps_per_epoch * ft.eval_every if ft.eval_every else 0
     last_eval: dict = {}
 
@@ -394,42 +386,25 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
                     rec[f"{tag}_{k}"] = v
         return rec
 
-    preempted = None
-    while trainer.step < stop:
-        xb, yb = next(batches)
-        loss = trainer.train_step(xb, yb)
-        window.add(loss)
-        bar.update(B)
-        s = trainer.step
-        stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
-        if s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now:
-            lr = max(g["lr"] for g in trainer.opt.param_groups)  # the head's (layer scale 1)
-            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(work),
-                                           "Lower finetune.blr or check the data.")
-            log.write({"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                       "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2)})
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+    def after_step(s: int, bar) -> None:
+        nonlocal last_eval
         if (eval_steps and s % eval_steps == 0) or s == stop:
             if rt.is_main:
                 last_eval = do_eval(s)
                 log.write(last_eval)
                 bar.set_postfix(top1=f"{last_eval['raw_top1']:.2f}")
             rt.barrier()
-        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-            checkpoint.save_rotating(work, s, trainer.state(), cfg.train.keep_ckpts)
-        if stop_now:
-            preempted = guard.error(checkpoint.checkpoint_path(work, s), s)
-            break
-    if preempted is not None:
-        bar.close()
-        log.close()
-        raise preempted
-    bar.close()
+
+    loop = Loop(cfg, rt, guard, work, log, trainer, plan, stop, B, f"finetune ({ft.init})",
+                "Lower finetune.blr or check the data.", after_step=after_step)
+    res = run_loop(loop, lambda batch: trainer.train_step(*batch), lambda: next(batches))
     log.close()
+    if res.preempted is not None:
+        raise res.preempted
     rt.barrier()
     if not rt.is_main:
         return {}
-    wall = timer.elapsed()
+    wall, start_step = res.wall, res.start_step
     if not last_eval or last_eval["step"] != trainer.step:  # resumed at the end: evaluate now
         last_eval = do_eval(trainer.step)
     metrics = work / "metrics.jsonl"

@@ -19,7 +19,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,85 +29,19 @@ from ..config import Config
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..data.datasets import count_skipped, write_skip_log
 from ..diffusion.objective import Denoiser, build_denoiser
-from ..errors import ConfigError, LdaeError
-from ..logging import MetricsLog, Timer, progress
-from ..optim import build_adamw, ema_update, scaled_lr, set_lr, warmup_cosine
+from ..errors import EXIT_NONFINITE, ConfigError, LdaeError, NonFiniteLoss
+from ..logging import MetricsLog
+from ..optim import build_adamw, ema_update, set_lr, warmup_cosine
 from ..plots import training_curves
 from ..preempt import PreemptionGuard
 from ..seeds import STREAM_AUG, STREAM_NOISE, Rows, generator, pretrain_seed
 from ..tokenizers import Tokenizer
 from . import fit_tokenizer
 from .common import TOKENIZER_FILE, tokenizer_for, write_run_config
-from .rundir import last_logged, load_resume_state, prepare_run_dir
+from .loop import Loop, Plan, make_plan, nonfinite_error, resume, run_loop
+from .rundir import last_logged, prepare_run_dir
 
-EXIT_NONFINITE = 3
 SKIPPED_FILE = "skipped.jsonl"
-
-
-class NonFiniteLoss(LdaeError):
-    pass
-
-
-def nonfinite_error(loss: float, where: str, lr: float, last_good: Path | None, hint: str,
-                    parts: dict | None = None) -> NonFiniteLoss:
-    """The error that stops a run: where, the loss and its parts (of the last step), the lr and
-    the checkpoint to go back to."""
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in (parts or {}).items())
-    return NonFiniteLoss(f"non-finite loss {loss} in {where} (last step: {detail or 'no parts'}) at lr "
-                         f"{lr:.3e}; the last good checkpoint is {last_good} (step "
-                         f"{checkpoint.step_of(last_good) if last_good else None}). {hint} "
-                         "(train.on_nonfinite=skip drops up to train.max_nonfinite_skips bad steps.)")
-
-
-class LossWindow:
-    """Step losses summed on the device between log lines (no host sync per step); ``flush``
-    gives the window's mean (averaged over processes) and img/s, and stops a non-finite run."""
-
-    def __init__(self, device: torch.device, batch: int):
-        self.sum = torch.zeros((), device=device)
-        self.batch, self.n, self.t0 = batch, 0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.sum += loss
-        self.n += 1
-
-    def flush(self, rt: dist.Runtime, step: int, lr: float, last_good: Path | None, hint: str,
-              parts: dict | None = None) -> tuple[float, float]:
-        mean = float(rt.all_reduce_mean(self.sum / max(self.n, 1)))
-        if not math.isfinite(mean):
-            raise nonfinite_error(mean, f"steps {step - self.n + 1}..{step}", lr, last_good, hint, parts)
-        rate = self.n * self.batch / max(time.perf_counter() - self.t0, 1e-9)
-        self.sum.zero_()
-        self.n, self.t0 = 0, time.perf_counter()
-        return mean, rate
-
-
-@dataclass
-class Plan:
-    """Derived quantities, computed once and written into metrics and the summary."""
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    lr: float
-    micro_batch: int  # per process and accumulation step
-
-
-def make_plan(cfg: Config, n_images: int, world: int, section: str = "optim") -> Plan:
-    """Steps, warmup, peak lr and micro-batch of the schedule in ``cfg.<section>`` (``optim`` for
-    pretraining, ``finetune`` for fine-tuning: both have blr, batch_size, accum_steps, epochs,
-    warmup_epochs)."""
-    o = getattr(cfg, section)
-    if o.batch_size > n_images:
-        raise ConfigError(f"{section}.batch_size={o.batch_size} exceeds the {n_images} training "
-                          f"images; lower {section}.batch_size.")
-    if o.batch_size % (world * o.accum_steps) != 0:
-        raise ConfigError(f"{section}.batch_size={o.batch_size} must be divisible by world size x "
-                          f"{section}.accum_steps = {world} x {o.accum_steps}.")
-    spe = n_images // o.batch_size
-    local = o.batch_size // world
-    return Plan(steps_per_epoch=spe, total_steps=max(1, round(o.epochs * spe)),
-                warmup_steps=round(o.warmup_epochs * spe), lr=scaled_lr(o.blr, o.batch_size),
-                micro_batch=local // o.accum_steps)
 
 
 def step_generator(seed: int, step: int, stream: int, device: torch.device) -> torch.Generator:
@@ -267,9 +200,9 @@ def run(cfg: Config, out: Path, resume: str | None = None, force: bool = False,
         return _run(cfg, Path(out), rt, guard, resume, force, max_steps, allow_config_change)
 
 
-def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume: str | None,
+def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resume_arg: str | None,
          force: bool, max_steps: int | None, allow_config_change: bool) -> dict:
-    resume_from = prepare_run_dir(cfg, out, resume, force, rt.is_main,
+    resume_from = prepare_run_dir(cfg, out, resume_arg, force, rt.is_main,
                                   allow_changes=allow_config_change)
     dataset = build_dataset(cfg, cfg.data.train_split)
     plan = make_plan(cfg, len(dataset), rt.world)
@@ -290,11 +223,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
               f"steps of batch {cfg.optim.batch_size} ({cfg.optim.epochs:g} epochs), peak lr "
               f"{plan.lr:.2e}, {rt.device} x {rt.world} -> {out}", file=sys.stderr, flush=True)
     log = MetricsLog(out, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
-    state = load_resume_state(out, resume, resume_from, rt)
-    if state is not None:
-        trainer.load(state)
-        del state
-    log.truncate_after(trainer.step)  # at step 0 too: a run killed before its first checkpoint
+    resume(out, resume_arg, resume_from, rt, trainer, log)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
     done = out / "train_summary.json"
     if trainer.step >= stop and done.is_file():
@@ -321,24 +250,12 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
             preview = DenoisingPreview(cfg, den, rt.device)
         except (LdaeError, Skip) as e:  # e.g. no val split: scalars only
             print(f"warning: no denoising images in TensorBoard ({e})", file=sys.stderr)
-    bar = progress(stop * B, "pretrain", enabled=rt.is_main, initial=trainer.step * B)
-    timer = Timer()
     start_step = trainer.step
-    window = LossWindow(rt.device, B)
-    last = {}
-    # time the host spends waiting for the next batch, per log window and in all: on the CPU the
-    # share of the step lost to data; on CUDA an upper bound (queued GPU work may hide it)
-    wait_run = wait_win = 0.0
-    t_win = time.perf_counter()
-    preempted = None
-    trainer.t_run = time.perf_counter()
-    while trainer.step < stop:
-        t0 = time.perf_counter()
-        xb, yb = next(stream)
-        waited = time.perf_counter() - t0
-        wait_run, wait_win = wait_run + waited, wait_win + waited
+
+    def step(batch) -> torch.Tensor | None:
+        xb, yb = batch
         try:
-            loss = trainer.train_step(xb, yb, augment)
+            return trainer.train_step(xb, yb, augment)
         except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
             if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
                 raise
@@ -346,41 +263,21 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
             trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
             trainer.compiled = False
             trainer.opt.zero_grad(set_to_none=True)
-            loss = trainer.train_step(xb, yb, augment)
-        if loss is not None:  # None: a non-finite step skipped (train.on_nonfinite=skip)
-            window.add(loss)
-        bar.update(B)
-        s = trainer.step
-        stop_now = s < stop and guard.requested(s)  # a preemption signal: save and exit
-        watch = monitor is not None and (s % cfg.train.monitor_every == 0 or s == stop)
-        if (s % cfg.train.log_every == 0 or s == stop or s % cfg.train.ckpt_every == 0 or stop_now
-                or watch):
-            lr = trainer.opt.param_groups[0]["lr"]
-            mean_loss, rate = window.flush(rt, s, lr, checkpoint.latest(out), "Lower optim.blr, "
-                                           "enable optim.grad_clip, or check the data.",
-                                           trainer.last_parts)
-            now = time.perf_counter()
-            last = {"step": s, "epoch": round(s / plan.steps_per_epoch, 4), "images": s * B,
-                    "loss": mean_loss, "lr": lr, "img_per_s": round(rate, 2),
-                    "data_wait": round(wait_win / max(now - t_win, 1e-9), 4)}
-            wait_win, t_win = 0.0, now
-            if watch:  # its time is kept out of the next window's img/s and data_wait
-                last.update(monitor(den))
-                window.t0 = t_win = time.perf_counter()
-            log.write(last)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
-                            **({"knn": f"{last['knn_top1']:.1f}"} if "knn_top1" in last else {}))
-        if rt.is_main and (s % cfg.train.ckpt_every == 0 or s == stop or stop_now):
-            checkpoint.save_rotating(out, s, trainer.state(), cfg.train.keep_ckpts)
-            if preview is not None:
-                log.image(preview.tag, preview.grid(den), s)
-        if stop_now:
-            preempted = guard.error(checkpoint.checkpoint_path(out, s), s)
-            break
-    bar.close()
+            return trainer.train_step(xb, yb, augment)
+
+    every = cfg.train.monitor_every
+    loop = Loop(cfg, rt, guard, out, log, trainer, plan, stop, B, "pretrain",
+                "Lower optim.blr, enable optim.grad_clip, or check the data.",
+                extra=(lambda s: monitor(den)) if monitor is not None else None,
+                watch=lambda s: monitor is not None and (s % every == 0 or s == stop),
+                data_wait=True, parts=lambda: trainer.last_parts,
+                after_checkpoint=((lambda s: log.image(preview.tag, preview.grid(den), s))
+                                  if preview is not None else None),
+                postfix=lambda rec: {"knn": f"{rec['knn_top1']:.1f}"} if "knn_top1" in rec else {})
+    res = run_loop(loop, step, lambda: next(stream))
     log.close()
     rt.barrier()
-    wall = timer.elapsed()
+    last, wall, wait_run, preempted = res.last, res.wall, res.wait, res.preempted
     steps_run = trainer.step - start_step
     # the figures of the whole run: a resume (even one that finds the last step already saved, as
     # after a kill between the final checkpoint and this summary) adds to the saved totals
@@ -405,3 +302,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
         checkpoint.atomic_write_json(out / "train_summary.json", summary)
         training_curves(out)
     return summary
+
+
+__all__ = ["run", "Trainer", "Plan", "make_plan", "step_generator", "get_tokenizer", "note_skipped",
+           "NonFiniteLoss", "EXIT_NONFINITE", "SKIPPED_FILE"]
