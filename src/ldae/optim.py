@@ -73,3 +73,42 @@ class LARS(torch.optim.Optimizer):
 def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
     """ema <- decay ema + (1 - decay) param, for all tensors in one fused foreach call."""
     torch._foreach_lerp_(ema, params, 1.0 - decay)
+
+
+class EMA:
+    """The exponential moving average of a module's trainable parameters, the one EMA of both
+    trainers (pretraining: ``optim.ema``; fine-tuning: ``finetune.ema``, evaluated as a model).
+
+    The averages live either as bare tensors (``into=None``) or as the parameters of ``into``, a
+    copy of the module that can be run as it is (fine-tuning evaluates it). ``state_dict`` is the
+    module's state dict with the averages in place of its trainable parameters (with ``into``:
+    ``into``'s own state dict), what checkpoints store under ``"ema"``."""
+
+    def __init__(self, module: torch.nn.Module, decay: float, into: torch.nn.Module | None = None):
+        self.decay, self.into = decay, into
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        if into is None:
+            own = dict(module.named_parameters())
+            self.shadow = [own[n].detach().clone() for n in self.names]
+        else:
+            own = dict(into.named_parameters())
+            self.shadow = [own[n].data for n in self.names]
+
+    def update(self, module: torch.nn.Module) -> None:
+        own = dict(module.named_parameters())
+        ema_update(self.shadow, [own[n].detach() for n in self.names], self.decay)
+
+    def state_dict(self, module: torch.nn.Module) -> dict:
+        if self.into is not None:
+            return self.into.state_dict()
+        sd = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        sd.update(dict(zip(self.names, self.shadow)))
+        return sd
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict) -> None:
+        if self.into is not None:
+            self.into.load_state_dict(sd, strict=True)
+            return
+        for e, n in zip(self.shadow, self.names):
+            e.copy_(sd[n])

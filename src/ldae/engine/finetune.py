@@ -25,7 +25,7 @@ embeddings decay^(N + 1)), drop path 0.1 (timm's stochastic depth), train transf
 ``timm.data.create_transform``: RandomResizedCrop(0.08, 1) bicubic + flip + RandAug(9, 0.5)
 (``rand-m9-mstd0.5-inc1``) + random erasing 0.25 (pixel mode); MixUp 0.8 / CutMix 1.0 with label
 smoothing 0.1 (``timm.data.Mixup``) and ``SoftTargetCrossEntropy``; model EMA 0.9999
-(``optim.ema_update``) evaluated on its own. Evaluation: the dataset's images as stored (resized
+(``optim.EMA``) evaluated on its own. Evaluation: the dataset's images as stored (resized
 and center-cropped to ``data.image_size``), top-1 / top-5 of the raw and the EMA weights.
 
 Exact resume: every random draw of step s (batch order, the per-image augmentation on any loader
@@ -58,7 +58,7 @@ from ..errors import ConfigError
 from ..logging import MetricsLog, read_jsonl
 from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_ids,
                           vit_layer_groups)
-from ..optim import ema_update, set_lr, warmup_cosine
+from ..optim import EMA, set_lr, warmup_cosine
 from ..preempt import PreemptionGuard
 from ..seeds import STREAM_FT_DATA, STREAM_FT_STEP, finetune_seed
 from .common import write_run_config
@@ -266,14 +266,13 @@ class Trainer:
 
         ft = cfg.finetune
         self.cfg, self.enc, self.plan, self.rt = cfg, enc, plan, rt
-        self.params = [p for p in enc.model.parameters() if p.requires_grad]
         kw = {"fused": True} if rt.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(param_groups(enc.model, ft.layer_decay, ft.weight_decay),
                                      lr=plan.lr, betas=ft.betas, **kw)
-        self.ema = None
+        self.ema = None  # the EMA model (a VitEncoder), evaluated on its own
         if ft.ema > 0:
             self.ema = copy.deepcopy(enc).eval().requires_grad_(False)
-            self.ema_params = [p for p in self.ema.model.parameters()]
+            self.averager = EMA(enc.model, ft.ema, into=self.ema.model)
         self.mixup = (Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix,
                             label_smoothing=ft.smoothing, num_classes=cfg.data.num_classes)
                       if ft.mixup > 0 or ft.cutmix > 0 else None)
@@ -288,7 +287,7 @@ class Trainer:
 
     def state(self) -> dict:
         return {"model": self.enc.model.state_dict(),
-                "ema": self.ema.model.state_dict() if self.ema is not None else None,
+                "ema": self.averager.state_dict(self.enc.model) if self.ema is not None else None,
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "config": self.cfg.to_dict(), "format": "ldae-finetune-v1"}
 
@@ -300,7 +299,7 @@ class Trainer:
         if self.ema is not None:
             if not state.get("ema"):
                 raise ConfigError("the checkpoint has no EMA weights but finetune.ema > 0.")
-            self.ema.model.load_state_dict(state["ema"], strict=True)
+            self.averager.load_state_dict(state["ema"])
         self.step = int(state["step"])
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -327,7 +326,7 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
-            ema_update(self.ema_params, [p.detach() for p in self.params], ft.ema)
+            self.averager.update(self.enc.model)
         self.step += 1
         return total / accum
 

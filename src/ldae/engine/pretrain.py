@@ -31,7 +31,7 @@ from ..data.datasets import count_skipped, write_skip_log
 from ..diffusion.objective import Denoiser, build_denoiser
 from ..errors import EXIT_NONFINITE, ConfigError, LdaeError, NonFiniteLoss
 from ..logging import MetricsLog
-from ..optim import build_adamw, ema_update, set_lr, warmup_cosine
+from ..optim import EMA, build_adamw, set_lr, warmup_cosine
 from ..plots import training_curves
 from ..preempt import PreemptionGuard
 from ..seeds import STREAM_AUG, STREAM_NOISE, Rows, generator, pretrain_seed
@@ -88,7 +88,7 @@ class Trainer:
         self.params = [p for p in den.backbone.parameters() if p.requires_grad]
         self.opt = build_adamw(den.backbone, plan.lr, cfg.optim.weight_decay, cfg.optim.betas,
                                fused=rt.device.type == "cuda")
-        self.ema = [p.detach().clone() for p in self.params] if cfg.optim.ema > 0 else None
+        self.ema = EMA(den.backbone, cfg.optim.ema) if cfg.optim.ema > 0 else None
         self.step = 0
         self.skipped: list[int] = []  # steps dropped for a non-finite loss (train.on_nonfinite=skip)
         self.last_parts: dict = {}  # the loss parts of the last step (device tensors, no sync)
@@ -105,12 +105,7 @@ class Trainer:
         self.net = net
 
     def state(self) -> dict:
-        names = [n for n, p in self.den.backbone.named_parameters() if p.requires_grad]
-        ema = None
-        if self.ema is not None:
-            sd = {k: v.detach().clone() for k, v in self.den.backbone.state_dict().items()}
-            sd.update({n: e for n, e in zip(names, self.ema)})
-            ema = sd
+        ema = self.ema.state_dict(self.den.backbone) if self.ema is not None else None
         return {"model": self.den.backbone.state_dict(), "ema": ema,
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "nonfinite_skips": list(self.skipped), "wall_seconds": self.wall_seconds(),
@@ -127,9 +122,7 @@ class Trainer:
         if self.ema is not None:
             if not state.get("ema"):
                 raise ConfigError("the checkpoint has no EMA weights but optim.ema > 0.")
-            names = [n for n, p in self.den.backbone.named_parameters() if p.requires_grad]
-            for e, n in zip(self.ema, names):
-                e.copy_(state["ema"][n])
+            self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.skipped = [int(s) for s in state.get("nonfinite_skips", [])]
         self.wall_before = float(state.get("wall_seconds", 0.0))
@@ -166,7 +159,7 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
-            ema_update(self.ema, [p.detach() for p in self.params], cfg.optim.ema)
+            self.ema.update(self.den.backbone)
         self.step += 1
         return total / accum
 
