@@ -66,3 +66,20 @@ def test_plan_by_hand_and_its_errors():
         make_plan(cfg, 10, world=1)
     with pytest.raises(ConfigError, match="divisible"):
         make_plan(cfg, 1000, world=3)
+
+
+def test_named_objectives_are_the_defaults_and_the_ddm_rows_settings():
+    import dataclasses
+
+    from ldae.config import DiffusionConfig
+    from ldae.diffusion.objective import LDAE_OBJECTIVE, PCA_DDM_OBJECTIVE, classifier_free_guidance
+
+    d = DiffusionConfig()
+    assert {k: getattr(d, k) for k in LDAE_OBJECTIVE} == LDAE_OBJECTIVE
+    ddm = load_config("cifar10-cpu", [f"diffusion.{k}={v}" for k, v in PCA_DDM_OBJECTIVE.items()]
+                      + ["model.class_cond=false"])  # a valid combination
+    assert {k: getattr(ddm.diffusion, k) for k in PCA_DDM_OBJECTIVE} == PCA_DDM_OBJECTIVE
+    assert dataclasses.is_dataclass(ddm.diffusion)
+    c, u = torch.tensor([3.0]), torch.tensor([1.0])
+    assert classifier_free_guidance(c, u, 1.0) == 3.0 and classifier_free_guidance(c, u, 0.0) == 1.0
+    assert classifier_free_guidance(c, u, 4.0) == 9.0  # 1 + 4 * (3 - 1)

@@ -32,6 +32,18 @@ from .weights import LOSS_WEIGHTS
 CLEAN_INPUTS = ("original", "projected")
 SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
              "constant": Constant}
+#: the l-DAE's objective (Tab. 3, last line; the defaults of ``config.DiffusionConfig``)
+LDAE_OBJECTIVE = {"schedule": "sigma_linear", "target": "image", "loss_weight": "inv1p_sigma2",
+                  "input_space": "image", "output_space": "image"}
+#: the PCA DDM the deconstruction starts from (Tab. 3, line 1; with ``model.class_cond=false``)
+PCA_DDM_OBJECTIVE = {"schedule": "linear_gamma2", "target": "eps", "loss_weight": "none",
+                     "input_space": "latent", "output_space": "latent"}
+
+
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022; DiT): out(null) + scale (out(y) - out(null));
+    scale 1 is the conditional output, 0 the unconditional one."""
+    return uncond + scale * (cond - uncond)
 
 
 def check_combination(d) -> None:
@@ -155,8 +167,7 @@ class Denoiser(nn.Module):
         """The network's estimate of the clean latent z0 from z_t at integer steps t (B,).
 
         Class-conditional models take labels ``y`` (None = the null class). Classifier-free
-        guidance (Ho & Salimans 2022; DiT): out = out(null) + guidance * (out(y) - out(null)),
-        cond and null rows in one forward. Guidance is applied to the raw output; every target's
+        guidance (``classifier_free_guidance``), cond and null rows in one forward. Guidance is applied to the raw output; every target's
         map to z0 is affine in it at fixed z_t, so guiding eps, z0 or the image is the same."""
         inp, tc = self.net_input(zt), self.schedule.t_cond(t)
         net = net if net is not None else self.backbone
@@ -168,7 +179,7 @@ class Denoiser(nn.Module):
             out = net(inp, tc, y).float()
         if guided:
             cond, uncond = out.chunk(2)
-            out = uncond + guidance * (cond - uncond)
+            out = classifier_free_guidance(cond, uncond, guidance)
         gamma, sigma = self.schedule.coefficients(t)
         return self.target.to_z0(out, zt, gamma, sigma, self.tokenizer)
 
