@@ -87,16 +87,20 @@ class EMA:
     def __init__(self, module: torch.nn.Module, decay: float, into: torch.nn.Module | None = None):
         self.decay, self.into = decay, into
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        own = dict(module.named_parameters())
+        self._source = (module, [own[n] for n in self.names])  # looked up once, not every step
         if into is None:
-            own = dict(module.named_parameters())
             self.shadow = [own[n].detach().clone() for n in self.names]
         else:
             own = dict(into.named_parameters())
             self.shadow = [own[n].data for n in self.names]
 
     def update(self, module: torch.nn.Module) -> None:
-        own = dict(module.named_parameters())
-        ema_update(self.shadow, [own[n].detach() for n in self.names], self.decay)
+        src, params = self._source
+        if module is not src:
+            own = dict(module.named_parameters())
+            params = [own[n] for n in self.names]
+        ema_update(self.shadow, [p.detach() for p in params], self.decay)
 
     def state_dict(self, module: torch.nn.Module) -> dict:
         if self.into is not None:

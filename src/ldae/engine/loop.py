@@ -140,9 +140,6 @@ class Result:
     wait: float = 0.0  # of which, waiting for batches
     preempted: LdaeError | None = None  # raise it once the caller closed its resources
 
-    def steps_run(self, step: int) -> int:
-        return step - self.start_step
-
 
 def run_loop(loop: Loop, step_fn: Callable[[Any], torch.Tensor | None],
              next_batch: Callable[[], Any]) -> Result:
@@ -158,7 +155,6 @@ def run_loop(loop: Loop, step_fn: Callable[[Any], torch.Tensor | None],
     # share of the step lost to data; on CUDA an upper bound (queued GPU work may hide it)
     wait_win = 0.0
     t_win = time.perf_counter()
-    tr.t_run = time.perf_counter()
     while tr.step < loop.stop:
         t0 = time.perf_counter()
         batch = next_batch()

@@ -267,6 +267,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
                 after_checkpoint=((lambda s: log.image(preview.tag, preview.grid(den), s))
                                   if preview is not None else None),
                 postfix=lambda rec: {"knn": f"{rec['knn_top1']:.1f}"} if "knn_top1" in rec else {})
+    trainer.t_run = time.perf_counter()  # this process's share of the run's wall time starts now
     res = run_loop(loop, step, lambda: next(stream))
     log.close()
     rt.barrier()
