@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from ldae.config import load_config
+from ldae.config import choices, load_config
 from ldae.diffusion import LOSS_WEIGHTS, SCHEDULES, build_denoiser, check_combination
-from ldae.diffusion.objective import build_schedule
+from ldae.diffusion.schedules import build_schedule
 from ldae.diffusion.schedules import DDPM, Constant, LinearGamma2, SigmaLinear
-from ldae.diffusion.targets import Batch
+from ldae.diffusion.targets import TARGETS, Batch
 from ldae.errors import ConfigError
 from ldae.tokenizers import PCATokenizer
 
@@ -423,3 +423,30 @@ def test_clean_input_readings(tokenizer):
     assert torch.equal(lat.clean_input(x, "projected"), lat.clean_input(x, "original"))
     with pytest.raises(ValueError, match="clean"):
         den.clean_input(x, "noisy")
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_contract(tokenizer, name):
+    """Every registered target: a config choice, accepted with its own output space; its value
+    lives in that space; the exact value as the network's output has zero loss; and ``to_z0``
+    recovers the clean latent from it (what samplers and Fig. 8 rely on)."""
+    target = TARGETS[name]
+    assert name in choices()["diffusion.target"]
+    den = make(tokenizer, f"diffusion.target={name}", f"diffusion.output_space={target.space}",
+               "diffusion.schedule=ddpm", "diffusion.loss_weight=none")
+    assert den.target.space == target.space and den.output_space == target.space
+    x = images(4, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    b = Batch(x0=tokenizer.to_tokens(x), z0=tokenizer.encode(x),
+              eps=torch.randn(4, L, d, generator=gen), tokenizer=tokenizer)
+    value = den.target.value(b)
+    assert value.shape == (4, L, d if target.space == "latent" else D)
+    t = torch.tensor([0, 10, 500, 900])
+    loss, _ = den.loss_from_output(value, b, t)
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+    worse, _ = den.loss_from_output(value + 0.1, b, t)
+    assert worse.item() > 1e-4
+    gamma, sigma = den.schedule.coefficients(t)
+    zt = gamma[:, None, None] * b.z0 + sigma[:, None, None] * b.eps
+    z0 = den.target.to_z0(value, zt, gamma, sigma, tokenizer)
+    torch.testing.assert_close(z0, b.z0, atol=1e-4, rtol=1e-4)

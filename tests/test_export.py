@@ -9,8 +9,10 @@ from timm.models.vision_transformer import VisionTransformer
 from ldae.config import load_config
 from ldae.diffusion import build_denoiser
 from ldae.engine.export import fold
+from ldae.errors import ConfigError
 from ldae.models import MODEL_SIZES
-from ldae.tokenizers import PCATokenizer
+from ldae.tokenizers import ConvVAETokenizer, PCATokenizer
+from ldae.tokenizers.pixel import PixelTokenizer
 
 
 def _perturb(den, seed: int = 0) -> None:
@@ -92,6 +94,22 @@ def test_projected_clean_input_folds_into_the_patch_embedding(scale, layer_scale
     sd_o, _ = fold(den, 10, 1, size)
     sd_p, _ = fold(den, 10, 1, size, clean="projected")
     assert not torch.allclose(sd_o["patch_embed.proj.weight"], sd_p["patch_embed.proj.weight"])
+
+
+def test_latent_input_folds_any_tokenizer_linear_map():
+    """The latent side asks the tokenizer for ``linear_map``: the pixel tokenizer at q = p (the
+    identity) folds; conv_vae (a conv net) has none, and the error names the capability."""
+    latent = ["model.name=test", "data.source=synthetic", "data.image_size=16", "model.patch_size=4",
+              "diffusion.input_space=latent", "diffusion.output_space=latent", "diffusion.target=eps"]
+    cfg = load_config(None, [*latent, "tokenizer.name=pixel", "tokenizer.dim=48"])
+    den = build_denoiser(cfg, PixelTokenizer(4, 48, 16)).eval()
+    _perturb(den, 6)
+    _check(den, 16, 10, 1)
+    cfg = load_config(None, [*latent, "tokenizer.name=conv_vae", "tokenizer.dim=8", "tokenizer.width=8",
+                             "tokenizer.res_blocks=1"])
+    den = build_denoiser(cfg, ConvVAETokenizer(4, 8, width=8, res_blocks=1)).eval()
+    with pytest.raises(ConfigError, match="linear_map"):
+        fold(den, 10, 1, 16)
 
 
 def test_class_conditional_model_exports_with_the_null_class():

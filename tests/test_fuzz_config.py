@@ -1,5 +1,5 @@
 """Bad config, fuzzed (issue 7, item 6): random keys, values, types and YAML thrown at the config
-layer (src/ldae/config.py) and at the CLI (src/ldae/cli.py). Every case must end in success or in
+layer (src/ldae/config/) and at the CLI (src/ldae/cli/). Every case must end in success or in
 an ``LdaeError`` whose message is one paragraph, never in a traceback.
 
 Each property is a hypothesis test with a fixed seed (``derandomize``) and no example database,
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from ldae.cli import build_parser
-from ldae.config import (Config, _choices, config_from_dict, dump_yaml, load_config, preset_names,
+from ldae.config import (Config, choices, config_from_dict, dump_yaml, load_config, preset_names,
                          validate)
 from ldae.errors import LdaeError
 
@@ -56,7 +56,7 @@ def _leaves(obj, prefix: str = "") -> dict[str, typing.Any]:
 LEAVES = _leaves(Config())
 KEYS = sorted(LEAVES)
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
-CHOICES = _choices()
+CHOICES = choices()
 CHOICE_VALUES = sorted({v for vs in CHOICES.values() for v in vs})
 
 
@@ -287,7 +287,7 @@ class _Reached(Exception):
 
 
 ENTRY_POINTS = [("ldae.engine.pretrain", "run"), ("ldae.engine.fit_tokenizer", "run"),
-                ("ldae.engine.linprobe", "run"), ("ldae.engine.linprobe", "run_sweep"),
+                ("ldae.engine.linprobe", "run"), ("ldae.engine.linprobe_sweep", "run"),
                 ("ldae.dist", "setup"),  # linprobe: before encoder_for, which loads the run
                 ("ldae.engine.finetune", "run"), ("ldae.engine.export", "export"),
                 ("ldae.engine.sample", "run"), ("ldae.engine.fid", "run"),

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from ldae.config import load_config
 from ldae.data import build_dataset, iterate_in_order, to_float
 from ldae.dist import Runtime
-from ldae.engine import linprobe
+from ldae.engine import linprobe, splits
 from ldae.engine.encoders import build_random
 from ldae.tokenizers import PCATokenizer
 
@@ -88,14 +88,14 @@ def _features(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_holdout_split_is_seeded_disjoint_and_covers_the_train_rows():
     cfg = _cfg("linprobe.holdout=0.25")
-    fit, ho = linprobe.holdout_split(100, cfg)
+    fit, ho = splits.holdout_split(100, cfg)
     assert ho.numel() == 25 and fit.numel() == 75
     assert torch.equal(torch.cat([fit, ho]).sort().values, torch.arange(100))
-    again = linprobe.holdout_split(100, cfg)
+    again = splits.holdout_split(100, cfg)
     assert torch.equal(fit, again[0]) and torch.equal(ho, again[1])
-    other = linprobe.holdout_split(100, _cfg("linprobe.holdout=0.25", "train.seed=1"))
+    other = splits.holdout_split(100, _cfg("linprobe.holdout=0.25", "train.seed=1"))
     assert not torch.equal(ho, other[1])
-    assert linprobe.holdout_split(3, _cfg("linprobe.holdout=0.01"))[1].numel() == 1  # never empty
+    assert splits.holdout_split(3, _cfg("linprobe.holdout=0.01"))[1].numel() == 1  # never empty
 
 
 def test_selection_never_reads_the_reported_split(tmp_path):

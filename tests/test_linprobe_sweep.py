@@ -11,7 +11,7 @@ from ldae.cli import main
 from ldae.config import load_config
 from ldae.data import build_dataset, iterate_in_order, to_float
 from ldae.dist import Runtime
-from ldae.engine import linprobe
+from ldae.engine import linprobe, linprobe_sweep
 from ldae.engine.encoders import build_random
 from ldae.errors import ConfigError
 from ldae.tokenizers import PCATokenizer
@@ -51,26 +51,26 @@ def _big(*extra: str):
 def test_plan_defaults_overrides_and_clipping():
     fake = SimpleNamespace(backbone=SimpleNamespace(depth=24, encoder_blocks=12),
                            schedule=SimpleNamespace(num_steps=1000))
-    p = linprobe.sweep_plan(_big(), fake, defaults=True)
+    p = linprobe_sweep.sweep_plan(_big(), fake, defaults=True)
     assert p.t_grid == [0, 10, 20, 40, 80] and p.noisy_grid == [False, True]
     assert p.blocks_grid == list(range(9, 16)) and (p.t0, p.noisy0, p.k0) == (10, False, 12)
     assert len(p.cells) == 5 * 2 + 7 and len(p.sets) == 5 * 2 + 7 - 1  # (10, clean, 12) shared
     assert p.passes[(10, False)] == list(range(9, 16)) and p.passes[(10, True)] == [12]
     assert len(p.passes) == 10  # one forward per (t, noisy) pair
     # explicit grids override the defaults; linprobe.blocks moves the centre; clipped to [1, 24]
-    p = linprobe.sweep_plan(_big("linprobe.sweep_t=[0,10]"), fake, defaults=True)
+    p = linprobe_sweep.sweep_plan(_big("linprobe.sweep_t=[0,10]"), fake, defaults=True)
     assert p.t_grid == [0, 10] and p.noisy_grid == [False, True] and p.blocks_grid == list(range(9, 16))
-    p = linprobe.sweep_plan(_big("linprobe.blocks=2"), fake, defaults=True)
+    p = linprobe_sweep.sweep_plan(_big("linprobe.blocks=2"), fake, defaults=True)
     assert p.blocks_grid == [1, 2, 3, 4, 5] and p.k0 == 2
     # without --sweep only the axes that are set are swept, and only their table is made
-    p = linprobe.sweep_plan(_big("linprobe.sweep_blocks=[3,4]"), fake)
+    p = linprobe_sweep.sweep_plan(_big("linprobe.sweep_blocks=[3,4]"), fake)
     assert [c for _, c in p.cells] == [(10, False, 3), (10, False, 4)]
     with pytest.raises(ConfigError, match="nothing to sweep"):
-        linprobe.sweep_plan(_big(), fake)
+        linprobe_sweep.sweep_plan(_big(), fake)
     # a defaults grid that does not fit the run's model fails clearly
     short = SimpleNamespace(backbone=fake.backbone, schedule=SimpleNamespace(num_steps=50))
     with pytest.raises(ConfigError, match="linprobe.sweep_t"):
-        linprobe.sweep_plan(_big(), short, defaults=True)
+        linprobe_sweep.sweep_plan(_big(), short, defaults=True)
 
 
 def test_sweep_features_equal_single_setting_extraction(denoiser):
@@ -78,7 +78,7 @@ def test_sweep_features_equal_single_setting_extraction(denoiser):
     over several batches (the seeded noise advances alike), from one forward per pair per batch."""
     cfg = _cfg(*GRID, "linprobe.batch_size=16")
     ds = build_dataset(cfg, "val")  # 64 images: 4 batches
-    plan = linprobe.sweep_plan(cfg, denoiser)
+    plan = linprobe_sweep.sweep_plan(cfg, denoiser)
     assert len(plan.sets) == 5 and len(plan.passes) == 4
     calls = []
     fb = denoiser.backbone.forward_blocks
@@ -89,7 +89,7 @@ def test_sweep_features_equal_single_setting_extraction(denoiser):
 
     denoiser.backbone.forward_blocks = counting
     try:
-        feats, y = linprobe.extract_sweep(denoiser, ds, cfg, RT, plan, stream_step=1)
+        feats, y = linprobe_sweep.extract_sweep(denoiser, ds, cfg, RT, plan, stream_step=1)
     finally:
         del denoiser.backbone.forward_blocks
     assert len(calls) == 4 * 4 and [1, 2] in calls  # 4 batches x 4 pairs, blocks 1 and 2 together
@@ -103,24 +103,24 @@ def test_sweep_features_equal_single_setting_extraction(denoiser):
     assert not torch.allclose(feats[(10, True, 1)], feats[(10, False, 1)])  # noise is used
     assert not torch.allclose(feats[(0, False, 1)], feats[(10, False, 1)])  # t conditions
     # the float16 cache holds the same numbers rounded
-    half, _ = linprobe.extract_sweep(denoiser, ds, cfg, RT, plan, dtype=torch.float16, stream_step=1)
+    half, _ = linprobe_sweep.extract_sweep(denoiser, ds, cfg, RT, plan, dtype=torch.float16, stream_step=1)
     assert half[(10, False, 2)].dtype == torch.float16
     assert torch.equal(half[(10, False, 2)], feats[(10, False, 2)].half())
 
 
 def test_cache_budget_picks_float16_then_fails():
-    plan = linprobe.SweepPlan([0, 10], [False], [1], 10, False, 1, True, False)
-    assert linprobe._cache_dtype(plan, 1000, 256, 1.0)[0] == torch.float32
+    plan = linprobe_sweep.SweepPlan([0, 10], [False], [1], 10, False, 1, True, False)
+    assert linprobe_sweep._cache_dtype(plan, 1000, 256, 1.0)[0] == torch.float32
     gib32 = 2 * 1000 * 256 * 4 / 2 ** 30
-    dtype, gib = linprobe._cache_dtype(plan, 1000, 256, 0.75 * gib32)
+    dtype, gib = linprobe_sweep._cache_dtype(plan, 1000, 256, 0.75 * gib32)
     assert dtype == torch.float16 and gib == pytest.approx(gib32 / 2)
     with pytest.raises(ConfigError, match="linprobe.sweep_cache_gb"):
-        linprobe._cache_dtype(plan, 1000, 256, 0.4 * gib32)
+        linprobe_sweep._cache_dtype(plan, 1000, 256, 0.4 * gib32)
 
 
 def test_sweep_cells_equal_single_fast_runs_and_write_outputs(tmp_path, denoiser):
     fast = ["linprobe.epochs=2", "linprobe.lr_grid=[0.1,3.0]"]
-    rec = linprobe.run_sweep(_cfg(*GRID, *fast), tmp_path / "sweep", denoiser, RT)
+    rec = linprobe_sweep.run(_cfg(*GRID, *fast), tmp_path / "sweep", denoiser, RT)
     ev = tmp_path / "sweep" / "eval"
     assert json.loads((ev / "linprobe-sweep.json").read_text()) == rec
     assert rec["mode"] == "fast" and any("fast protocol" in n for n in rec["notes"])
@@ -184,6 +184,6 @@ def test_bad_sweep_values_raise_config_error(bad, key):
 
 def test_sweep_of_pixels_is_a_config_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="network encoder"):
-        linprobe.run_sweep(_cfg("linprobe.encoder=pixels", *GRID), tmp_path, None, RT)
+        linprobe_sweep.run(_cfg("linprobe.encoder=pixels", *GRID), tmp_path, None, RT)
     assert main(["linprobe", "--out", str(tmp_path), "--encoder", "pixels", "--sweep", *BASE]) == 2
     assert "network encoder" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from ldae import checkpoint
 from ldae.config import load_config
 from ldae.data import build_dataset
-from ldae.engine import linprobe, pretrain
+from ldae.engine import pretrain, splits
 from ldae.engine.monitor import KnnMonitor, knn_predict
 
 TINY = ["data.source=synthetic", "data.image_size=8", "data.synthetic_size=96", "data.val_size=16",
@@ -58,7 +58,7 @@ def test_monitor_sets_come_from_the_train_split_queries_from_the_probe_holdout()
     cfg = load_config(None, TINY + ["train.monitor_bank=40", "train.monitor_queries=5"])
     ds = build_dataset(cfg, "train")
     mon = KnnMonitor(cfg, ds, torch.device("cpu"))
-    fit, ho = linprobe.holdout_split(len(ds), cfg)
+    fit, ho = splits.holdout_split(len(ds), cfg)
     assert set(mon.queries.tolist()) <= set(ho.tolist()) and len(mon.queries) == 5
     assert set(mon.bank.tolist()) <= set(fit.tolist()) and len(mon.bank) == 40
     assert torch.equal(mon.bank_y, ds.gather(mon.bank)[1])

@@ -345,7 +345,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_the_cli_says_so_in_one_line(capsys, 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_linprobe", interrupted)
+    monkeypatch.setitem(cli.COMMANDS, "linprobe", interrupted)
     rc = cli.main(["linprobe", "--out", "x"])
     err = capsys.readouterr().err
     assert rc == preempt.EXIT_INTERRUPTED and "interrupted" in err and "Traceback" not in err

@@ -226,6 +226,33 @@ def test_pixel_identity_round_trip_and_save(tmp_path):
     assert torch.equal(back.encode(x), small.encode(x))
 
 
+@pytest.mark.parametrize("image, patch, pixel_size, dim", [
+    (256, 16, 256, 768), (256, 16, 128, 192), (256, 16, 64, 48), (256, 16, 32, 12),  # Fig. 5
+    (32, 8, 0, 192), (32, 8, 16, 48), (32, 8, 8, 12), (32, 8, 4, 3)])  # the debug scale
+def test_pixel_token_dim(image, patch, pixel_size, dim):
+    assert PixelTokenizer.token_dim(image, patch, pixel_size) == dim
+    assert PixelTokenizer.token_dim(image, patch, pixel_size, channels=1) == dim // 3
+    assert PixelTokenizer(patch, dim, image, pixel_size).dim == dim  # the constructor agrees
+    with pytest.raises(ValueError, match="multiple of the grid"):
+        PixelTokenizer.token_dim(image, patch, (pixel_size or image) + 1)
+
+
+def test_pixel_linear_maps_only_at_full_size():
+    """q = p: encode and project are the identity on each token; q < p: the antialiased resize
+    mixes neighbouring patches, so a change in one patch moves its neighbours' tokens too and no
+    per-token map exists (linear_map / projection_map are None)."""
+    full, small = PixelTokenizer(4, 48, 16), PixelTokenizer(4, 12, 16, 8)
+    for m in (full.linear_map(), full.projection_map()):
+        assert torch.equal(m[0], torch.eye(48)) and torch.equal(m[1], torch.zeros(48))
+    assert small.linear_map() is None and small.projection_map() is None
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    y = x.clone()
+    y[:, :, :4, :4] += 0.5  # token 0 only
+    moved = (small.encode(y) - small.encode(x)).abs().amax(-1)[0]
+    assert moved[0] > 0 and moved[1] > 0 and moved[4] > 0  # its right and lower neighbours
+    assert torch.equal(full.encode(y)[:, 1:], full.encode(x)[:, 1:])
+
+
 @pytest.mark.parametrize("overrides, needle", [
     (["tokenizer.pixel_size=10", "tokenizer.dim=12"], "tokenizer.pixel_size=10"),
     (["tokenizer.pixel_size=8", "tokenizer.dim=4"], "tokenizer.dim=12"),

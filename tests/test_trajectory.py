@@ -8,6 +8,7 @@ import pytest
 
 from ldae.config import Config, DiffusionConfig, preset_names
 from ldae.engine import trajectory as tj
+from ldae.engine import trajectory_report as tr
 from ldae.errors import ConfigError
 
 SCALES = ("debug", "cifar10-cpu", "cifar10-gpu", "imagenet")
@@ -218,7 +219,7 @@ def test_tab1_rows_score_fid_when_given_weights_and_the_table_shows_it(tmp_path,
     tj._row_fid(row, row.cfg, run_dir, print)
     tj._row_fid(row, row.cfg, run_dir, print)  # already scored with this n: not redone
     assert calls == [(8, run_dir)]
-    recs = tj.records([row], {row.name: {"status": "done"}}, out)
+    recs = tr.records([row], {row.name: {"status": "done"}}, out)
     assert recs[0]["fid"] == 12.5 and recs[0]["fid_n"] == 8
     (out / "trajectory.json").write_text(json.dumps({"scale": "debug"}))
-    assert "| 12.50 (8) |" in tj.results_markdown("debug", recs, out)
+    assert "| 12.50 (8) |" in tr.results_markdown("debug", recs, out, tj.row_meta())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors.torch import load_file
 
 from .errors import CheckpointError
 
@@ -206,8 +207,6 @@ def load_tensor_file(path: str | Path, hint: str = "") -> Any:
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -6,7 +6,8 @@ with status 2, never with a traceback; anything else is a bug in ldae.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 
 class LdaeError(Exception):
@@ -38,3 +39,14 @@ def relative_note(value: str) -> str:
     if not value or Path(value).is_absolute() or value.startswith("timm:"):
         return ""
     return f" (a relative path, read from the current directory {Path.cwd()})"
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``value`` for an error message: one line (control characters escaped), at most ``limit``
+    characters, never raising (a 5000-digit int has no ``repr``)."""
+    try:
+        text = str(value) if isinstance(value, (str, PurePath, BaseException)) else repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

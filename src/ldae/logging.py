@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .checkpoint import atomic_write_text
+
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (``metrics.jsonl``), blank lines skipped."""
@@ -24,7 +26,7 @@ class MetricsLog:
         self.tb = None
         if enabled and tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency (ldae[tensorboard])
             except ImportError:
                 print("tensorboard is not installed (pip install 'ldae[tensorboard]'); "
                       "logging to metrics.jsonl only", file=sys.stderr)
@@ -34,8 +36,6 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines past the checkpoint's step so the log has no duplicates, and any
         line a killed process left half-written. Atomic: a kill here loses nothing."""
-        from .checkpoint import atomic_write_text
-
         if not self.enabled or not self.path.exists():
             return
         keep = []

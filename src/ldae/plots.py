@@ -1,7 +1,11 @@
 """Plots that people would rather look at than tables; written into the run dir as PNG."""
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
+
+import numpy as np
 
 from .checkpoint import atomic_path
 from .logging import read_jsonl
@@ -9,10 +13,10 @@ from .logging import read_jsonl
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    import matplotlib  # lazy: start-up time; matplotlib loads only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: start-up time (as above)
 
     return plt
 
@@ -37,7 +41,7 @@ def training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path 
     ``metrics.jsonl`` -> ``figures/training.png``
     (or the file ``out``: ``ldae figures --out`` writes elsewhere without touching the run dir)."""
     plt = pyplot()
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter  # lazy: start-up time (matplotlib)
 
     run_dir = Path(run_dir)
     rows = [r for r in _metrics(run_dir) if "images" in r and "loss" in r]
@@ -102,11 +106,7 @@ def finetune_comparison(run_dir: str | Path) -> Path | None:
     outside ViTs): val top-1 per epoch, raw weights solid and EMA dashed, with the run's linear
     probe as a reference line -> ``figures/finetune.png``."""
     plt = pyplot()
-
-
     run_dir = Path(run_dir)
-    import json
-
     recs = {f.stem: json.loads(f.read_text()) for f in sorted((run_dir / "eval").glob("finetune*.json"))}
     recs = {k: r for k, r in recs.items() if r.get("curve")}
     if not recs:
@@ -138,9 +138,6 @@ def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = N
     """Tokenizer filters (n, C, p, p) as a grid of RGB tiles (paper Fig. 4), each tile scaled
     to its own [min, max]; tiles past ``keep`` (the latent dim d) are drawn faded."""
     plt = pyplot()
-    import numpy as np
-
-
     f = filters.detach().float().cpu()[:max_tiles]
     n = f.shape[0]
     cols = min(16, n)
@@ -165,8 +162,6 @@ def filter_grid(filters, path: str | Path, title: str = "", keep: int | None = N
 # ------------------------------------------------------------------ image grids (Fig. 4, 7, 8)
 def _hwc(x):
     """A channel-first image (C, H, W), tensor or array -> float32 numpy (H, W, 3)."""
-    import numpy as np
-
     a = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
     a = a.transpose(1, 2, 0)
     return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
@@ -175,8 +170,6 @@ def _hwc(x):
 def to_rgb01(x):
     """A channel-first image (C, H, W) in [-1, 1] -> (H, W, 3) numpy array in [0, 1], clipped:
     for display only (the values themselves are not changed)."""
-    import numpy as np
-
     return np.clip((_hwc(x) + 1.0) / 2.0, 0.0, 1.0)
 
 
@@ -191,8 +184,6 @@ def minmax01(x):
 def upscale_nearest(img, min_px: int = 64):
     """(H, W, C) array -> nearest-neighbour upscaled by an integer factor so that its short side
     is at least ``min_px`` pixels (small patches and 8-32 px images stay crisp on screen)."""
-    import numpy as np
-
     k = max(1, -(-min_px // max(1, min(img.shape[:2]))))
     return np.repeat(np.repeat(img, k, axis=0), k, axis=1) if k > 1 else img
 
@@ -210,10 +201,7 @@ def image_grid(cells, path: str | Path, col_titles=None, row_titles=None, cell_t
     never smoothed). The grid is one composed image in one axes, with the margins for the titles
     measured from the text: fast even for 8 x 7 tiles. A narrow grid is centred in a figure at
     least ``min_width_in`` wide, so that its titles need not wrap."""
-    import textwrap
-
-    import numpy as np
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # lazy: start-up time (matplotlib)
 
     plt = pyplot()
     dpi = 110  # save_png's

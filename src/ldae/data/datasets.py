@@ -38,12 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10
 
+from ..config import need, register_check, register_choices
 from ..errors import DataError, relative_note
 from .folder import ImageFolderDataset, append_jsonl
 from .packed import PackedDataset
 
 SOURCES = ("digits", "npz", "cifar", "imagefolder", "packed", "synthetic")
+#: the sources that need no ``data.path`` (built in)
+PATHLESS_SOURCES = ("digits", "synthetic")
 SKIP_HINT = "or set data.on_bad_image=skip to leave it out"
 
 
@@ -182,7 +186,7 @@ def _load_npz(path: Path, num_classes: int, on_bad_image: str = "error"
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: start-up time (sklearn+scipy), digits source only
 
     d = load_digits()
     grey = (d.images / 16.0 * 255.0).round().astype(np.uint8)  # (N, 8, 8), values 0..16
@@ -190,8 +194,6 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _load_cifar(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from torchvision.datasets import CIFAR10
-
     try:
         ds = CIFAR10(str(path), train=(split != "test"), download=False)
     except RuntimeError as e:
@@ -288,3 +290,14 @@ def count_skipped(path: str | Path) -> int:
     """How many distinct files (or npz files with dropped rows) the skip log ``path`` lists
     (0 when it does not exist). Lines repeat when several ranks or workers log the same file."""
     return len(read_skip_log(path))
+
+
+def check_config(cfg) -> None:
+    """A source that reads files needs ``data.path``."""
+    d = cfg.data
+    need(d.source in PATHLESS_SOURCES or d.path != "",
+         f"data.source={d.source} needs data.path=... (a file or folder).")
+
+
+register_choices("data.source", lambda: sorted(SOURCES))
+register_check("data", check_config)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
@@ -141,8 +142,6 @@ def append_jsonl(path: Path, entries: list[dict]) -> None:
 def _open(path: Path, max_pixels: int):
     """``Image.open`` (header only) refusing more than ``max_pixels`` pixels, without Pillow's
     warning on the console."""
-    from PIL import Image
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -158,8 +157,6 @@ def _open(path: Path, max_pixels: int):
 
 
 def _decode(path: Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    from PIL import Image
-
     with _open(path, max_pixels) as im:
         if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey: scale, not clip
             a = np.asarray(im).astype(np.float64)

@@ -31,13 +31,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_path, atomic_write_json
 from ..errors import DataError
+from ..logging import Timer, progress
+from .folder import MAX_PIXELS, ImageFolderDataset, try_load_image
 from .transforms import center_crop
 
 META = "meta.json"
@@ -52,20 +56,12 @@ SKIP_HINT = "rerun with --on-bad-image skip"
 
 def _load(args) -> tuple[np.ndarray | None, str | None]:
     """(image, None) or (None, why it failed): a worker never raises across processes."""
-    from .folder import try_load_image
-
     return try_load_image(*args)
 
 
 def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0,
             show: bool = True, on_bad_image: str = "error", max_pixels: int | None = None) -> dict:
     """Pack ``src/<split>/<class>/*`` for each split into ``dst`` (see the module docstring)."""
-    from multiprocessing import get_context
-
-    from ..checkpoint import atomic_path, atomic_write_json
-    from ..logging import Timer, progress
-    from .folder import MAX_PIXELS, ImageFolderDataset
-
     src, dst = Path(src), Path(dst)
     if size <= 0:
         raise DataError(f"--size {size} must be > 0.")
@@ -91,7 +87,7 @@ def prepare(src: Path, dst: Path, size: int, splits: list[str], workers: int = 0
             out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size, 3))
             jobs = [(p, size, max_pixels or MAX_PIXELS) for p, _ in f.samples]
             if workers > 1:
-                pool = stack.enter_context(get_context("spawn").Pool(workers))
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
                 results = pool.imap(_load, jobs, chunksize=32)
             else:
                 results = map(_load, jobs)

@@ -22,16 +22,16 @@ import contextlib
 import torch
 from torch import nn
 
+from ..config import Space, register_check
 from ..errors import ConfigError
+from ..models import DiT
 from ..seeds import Rows, sharded  # noqa: F401  (Rows: re-exported for callers of Denoiser.loss)
-from .schedules import DDPM, Constant, LinearGamma2, Schedule, SigmaLinear
+from .schedules import SCHEDULES, Schedule, build_schedule  # noqa: F401  (SCHEDULES: re-exported)
 from .targets import TARGETS, Batch, Target
 from .weights import LOSS_WEIGHTS
 
 #: readings of "clean input" at transfer for image-space input (``Denoiser.clean_input``)
 CLEAN_INPUTS = ("original", "projected")
-SCHEDULES = {"ddpm": DDPM, "linear_gamma2": LinearGamma2, "sigma_linear": SigmaLinear,
-             "constant": Constant}
 #: the l-DAE's objective (Tab. 3, last line; the defaults of ``config.DiffusionConfig``)
 LDAE_OBJECTIVE = {"schedule": "sigma_linear", "target": "image", "loss_weight": "inv1p_sigma2",
                   "input_space": "image", "output_space": "image"}
@@ -61,10 +61,7 @@ def check_combination(d) -> None:
         raise ConfigError("diffusion.w_rest must be >= 0 and diffusion.sigma0 > 0.")
 
 
-def build_schedule(d) -> Schedule:
-    if d.schedule == "constant":
-        return Constant(d.num_steps, d.sigma0)
-    return SCHEDULES[d.schedule](d.num_steps)
+register_check("diffusion", lambda cfg: check_combination(cfg.diffusion))
 
 
 class Denoiser(nn.Module):
@@ -89,7 +86,7 @@ class Denoiser(nn.Module):
                                             generator=generator), z0.shape[0], rows)
         gamma, sigma = self.schedule.coefficients(t)
         zt = gamma[:, None, None] * z0 + sigma[:, None, None] * eps
-        inp = zt if self.input_space == "latent" else self.tokenizer.decode(zt)
+        inp = zt if self.input_space == Space.LATENT else self.tokenizer.decode(zt)
         return inp, Batch(x0=x0, z0=z0, eps=eps, tokenizer=self.tokenizer)
 
     def clean_input(self, x: torch.Tensor, clean: str = "original") -> torch.Tensor:
@@ -102,7 +99,7 @@ class Denoiser(nn.Module):
           training distribution (the residual, Sec. 4.3's "noise part (ii)", removed)."""
         if clean not in CLEAN_INPUTS:
             raise ValueError(f"clean={clean!r} must be one of {CLEAN_INPUTS}")
-        if self.input_space == "latent":
+        if self.input_space == Space.LATENT:
             return self.tokenizer.encode(x)
         return self.tokenizer.to_tokens(x) if clean == "original" else self.tokenizer.project(x)
 
@@ -140,7 +137,7 @@ class Denoiser(nn.Module):
     def loss_from_output(self, out: torch.Tensor, b: Batch, t: torch.Tensor
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r = self.target.value(b) - out
-        if self.output_space == "image":
+        if self.output_space == Space.IMAGE:
             r = self.tokenizer.project_full(r)
         w = self.target.dim_weights(self.tokenizer.dim, r.shape[-1], self.w_rest, r.device)
         sq = r.square()
@@ -158,7 +155,7 @@ class Denoiser(nn.Module):
     # --------------------------------------------------------------- generation
     def net_input(self, zt: torch.Tensor) -> torch.Tensor:
         """The backbone's input for a noisy latent: z_t itself, or decode(z_t) in image space."""
-        return zt if self.input_space == "latent" else self.tokenizer.decode(zt)
+        return zt if self.input_space == Space.LATENT else self.tokenizer.decode(zt)
 
     @torch.no_grad()
     def predict_z0(self, zt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
@@ -208,13 +205,11 @@ class Denoiser(nn.Module):
 
 def build_denoiser(cfg, tokenizer: nn.Module) -> Denoiser:
     """The one factory: every axis of the objective comes from ``cfg.diffusion``."""
-    from ..models import DiT
-
     d, m = cfg.diffusion, cfg.model
     check_combination(d)
     L = (cfg.data.image_size // m.patch_size) ** 2
-    in_dim = tokenizer.dim if d.input_space == "latent" else tokenizer.full_dim
-    out_dim = tokenizer.dim if d.output_space == "latent" else tokenizer.full_dim
+    in_dim = tokenizer.dim if d.input_space == Space.LATENT else tokenizer.full_dim
+    out_dim = tokenizer.dim if d.output_space == Space.LATENT else tokenizer.full_dim
     backbone = DiT.from_size(m.name, in_dim=in_dim, out_dim=out_dim, num_tokens=L, adaln=m.adaln,
                              num_classes=cfg.data.num_classes if m.class_cond else 0,
                              label_dropout=m.label_dropout, encoder_blocks=m.encoder_blocks)

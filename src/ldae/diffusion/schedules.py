@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from ..config import register_choices
+
 
 class Schedule(nn.Module):
     name = "base"
@@ -70,3 +72,16 @@ class Constant(Schedule):
 
     def t_cond(self, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t, dtype=torch.float32)
+
+
+#: the ``diffusion.schedule`` names (Fig. 3)
+SCHEDULES: dict[str, type[Schedule]] = {"ddpm": DDPM, "linear_gamma2": LinearGamma2,
+                                        "sigma_linear": SigmaLinear, "constant": Constant}
+register_choices("diffusion.schedule", lambda: sorted(SCHEDULES))
+
+
+def build_schedule(d) -> Schedule:
+    """The schedule of a ``DiffusionConfig`` (``constant`` takes its ``sigma0``)."""
+    if d.schedule == "constant":
+        return Constant(d.num_steps, d.sigma0)
+    return SCHEDULES[d.schedule](d.num_steps)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import Space, register_choices
+
 
 @dataclass
 class Batch:
@@ -29,7 +31,7 @@ class Batch:
 
 class Target:
     name = "base"
-    space = "latent"
+    space = Space.LATENT
 
     def value(self, b: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -67,7 +69,7 @@ class Z0(Target):
 
 
 class ImageTarget(Target):
-    space = "image"
+    space = Space.IMAGE
 
     def to_z0(self, out, zt, gamma, sigma, tokenizer):
         """The predicted image tokens, tokenized again: z0 = encode(x0_hat)."""
@@ -94,3 +96,4 @@ class Image(ImageTarget):
 
 
 TARGETS = {t.name: t for t in (Eps, Z0, ImagePCA, Image)}
+register_choices("diffusion.target", lambda: sorted(TARGETS))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import register_choices
+
 
 def weight_none(gamma: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(sigma)
@@ -25,3 +27,4 @@ def weight_inv1p_sigma2(gamma: torch.Tensor, sigma: torch.Tensor) -> torch.Tenso
 
 LOSS_WEIGHTS = {"none": weight_none, "snr": weight_snr, "gamma2": weight_gamma2,
                 "inv1p_sigma2": weight_inv1p_sigma2}
+register_choices("diffusion.loss_weight", lambda: sorted(LOSS_WEIGHTS))

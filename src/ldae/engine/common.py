@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
-from ..config import Config, config_from_dict, dump_yaml
+from ..config import Config, absolute_paths, config_from_dict, dump_yaml, is_file, read_config_file, shown
 from ..diffusion.objective import Denoiser, build_denoiser
 from ..errors import CheckpointError, ConfigError
 from ..tokenizers import Tokenizer, load_tokenizer
@@ -29,10 +29,8 @@ LEGACY_DEFAULTS = {("tokenizer", "scale"): "none"}
 def read_run_config(run_dir: Path) -> Config:
     """A run dir's saved Config; a missing, unreadable or corrupt config.yaml, or a run dir name
     the OS refuses, is a ConfigError naming the file."""
-    from ..config import _is_file, shown
-
     path = Path(run_dir) / CONFIG_FILE
-    if not _is_file(path):
+    if not is_file(path):
         raise ConfigError(f"{shown(run_dir)} is not an ldae run dir: {CONFIG_FILE} is missing. Give "
                           "the --out folder of an `ldae pretrain` run.")
     return config_from_dict(read_run_dict(path))
@@ -41,8 +39,6 @@ def read_run_config(run_dir: Path) -> Config:
 def read_run_dict(path: Path) -> dict:
     """A saved config file as a dict, keys added to the schema since it was written filled with
     the values the run used (``LEGACY_DEFAULTS``)."""
-    from ..config import read_config_file
-
     raw = read_config_file(path)
     for (section, key), value in LEGACY_DEFAULTS.items():
         if isinstance(raw.get(section), dict) and key not in raw[section]:
@@ -52,8 +48,6 @@ def read_run_dict(path: Path) -> dict:
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
     """Save ``cfg`` with its path settings absolute, so the run dir is usable from anywhere."""
-    from ..config import absolute_paths
-
     checkpoint.atomic_write_text(Path(run_dir) / CONFIG_FILE, dump_yaml(absolute_paths(cfg)))
 
 

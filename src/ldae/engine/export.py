@@ -9,8 +9,9 @@ is a standard pre-norm ViT block once the constants are folded into weights:
 scale/shift become the LayerNorm's affine (weight = 1 + s, bias = b) and each gate multiplies the
 rows of the Linear that ends its branch (attn.proj, mlp.fc2; ``W <- diag(g) W``, ``b <- g * b``).
 The input side folds too: for image-space input the linear patch embedding on (C, p, p) patches
-is timm's strided conv; for a PCA latent input, ``embed(z) = E (x - m) V_d^T + e`` is one linear
-map of the pixels, ``E V_d`` with bias ``e - E V_d m``. The position embedding is our fixed
+is timm's strided conv; for a latent input from a tokenizer whose encoder is affine per patch
+(``Tokenizer.linear_map``: z = W x + b; PCA's W = V_d / s, b = -W m), ``embed(z) = E (W x + b) + e``
+is one linear map of the pixels, ``E W`` with bias ``E b + e``. The position embedding is our fixed
 sin-cos table. The result has no class token, average pooling, no final norm (our feature is the
 plain token average of block k's output), and no head: timm's ``forward`` returns the feature.
 
@@ -28,10 +29,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ..checkpoint import atomic_path, atomic_write_json
 from ..errors import ConfigError
 from ..models.vit import constructor_kwargs  # noqa: F401 (re-exported)
+from .common import load_run
 
 TIMM_CALL = "import timm; m = timm.create_model('local-dir:{d}', pretrained=True)"
 #: a registered timm name for the hub config: ``model_args`` override every size it implies
@@ -53,25 +56,26 @@ def hub_config(kwargs: dict, image_size: int, channels: int = 3) -> dict:
 def _patch_map(den, clean: str = "original") -> tuple[torch.Tensor, torch.Tensor]:
     """(A, a) with embed-input tokens = patches @ A.T + a, patches flattened (C, p, p).
 
-    Image-space input: the identity for ``clean=original``; for ``projected`` the PCA projection
-    decode(encode(x)) = x P + m (I - P), P = V_d^T V_d (symmetric), so A = P, a = m - m P."""
+    Image-space input: the identity for ``clean=original``; for ``projected`` the tokenizer's
+    ``projection_map`` (PCA: decode(encode(x)) = x P + m (I - P), P = V_d^T V_d, so A = P,
+    a = m - m P). Latent input: the tokenizer's ``linear_map``."""
     tok, D = den.tokenizer, den.tokenizer.full_dim
     if den.input_space == "image":
         if clean == "original":
             return torch.eye(D), torch.zeros(D)
-        if tok.name != "pca":
-            raise ConfigError(f"clean_input=projected folds the PCA projection; this run's "
-                              f"tokenizer is {tok.name}.")
-        V = tok.basis[: tok.dim].double().cpu()
-        P, m = V.T @ V, tok.mean.double().cpu()
-        return P.float(), (m - m @ P).float()
-    if tok.name == "pca":
-        basis = tok.basis[: tok.dim].float().cpu()  # (d, D)
-        basis = basis / tok.latent_scale().float().cpu()[:, None]  # whiten / scale=unit
-        return basis, -(basis @ tok.mean.float().cpu())
+        proj = tok.projection_map()
+        if proj is None:
+            raise ConfigError(f"clean_input=projected folds the tokenizer's projection "
+                              f"decode(encode(x)) as an affine map (Tokenizer.projection_map); "
+                              f"this run's tokenizer {tok.name} has none.")
+        return proj[0].float().cpu(), proj[1].float().cpu()
+    lin = tok.linear_map()
+    if lin is not None:
+        return lin[0].float().cpu(), lin[1].float().cpu()
     raise ConfigError(f"ldae export folds a linear input map only: image-space input, or a latent "
-                      f"input from the pca tokenizer (this run: input_space={den.input_space}, "
-                      f"tokenizer {tok.name}).")
+                      f"input from a tokenizer whose encoder is affine per patch "
+                      f"(Tokenizer.linear_map, e.g. pca; this run: input_space={den.input_space}, "
+                      f"tokenizer {tok.name}, which has none).")
 
 
 @torch.no_grad()
@@ -80,8 +84,8 @@ def fold(den, t: int, blocks: int, image_size: int, layer_scale: bool = False,
     """timm state dict and constructor keywords of the first ``blocks`` blocks at fixed ``t``.
 
     ``clean``: the clean-input reading the ViT computes (``Denoiser.clean_input``); for an
-    image-space encoder ``projected`` folds the PCA projection into the patch embedding, so the
-    ViT still takes plain images.
+    image-space encoder ``projected`` folds the tokenizer's projection into the patch embedding,
+    so the ViT still takes plain images.
 
     ``layer_scale``: keep each gate as a timm LayerScale vector (``ls1``/``ls2.gamma``, the
     model built with ``init_values``) instead of folding it into ``attn.proj``/``mlp.fc2``. Same
@@ -140,10 +144,6 @@ def vit_kwargs(width: int, heads: int, mlp_ratio: float, blocks: int, image_size
 def export(run_dir: Path, out: Path, t: int = 10, blocks: int = 0, use_ema: bool = True,
            clean: str | None = None) -> dict:
     """``clean``: original | projected; None = the run's ``linprobe.clean_input``."""
-    from safetensors.torch import save_file
-
-    from .common import load_run
-
     cfg, den = load_run(Path(run_dir), use_ema=use_ema, device="cpu")
     k = blocks or den.backbone.encoder_blocks
     clean = clean or cfg.linprobe.clean_input

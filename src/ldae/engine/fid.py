@@ -34,15 +34,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+from unittest import mock
 
 import numpy as np
 import torch
+import torch.distributed as tdist
+from torch.utils.data import Subset
 
 from ..checkpoint import atomic_path, atomic_write_json, load_tensor_file
 from ..config import Config
 from ..dist import Runtime, setup
 from ..errors import CheckpointError, ConfigError
 from ..logging import Timer, progress
+from . import sample as sampling
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
@@ -85,8 +89,6 @@ class Moments:
 
     def all_reduce(self, rt: Runtime) -> None:
         if rt.distributed:
-            import torch.distributed as tdist
-
             for x in (self.n, self.s, self.q):
                 tdist.all_reduce(x)
 
@@ -132,7 +134,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def inception(weights: str | Path, device: torch.device) -> Extractor:
     """torch-fidelity's FID Inception-V3 with the weights of ``weights`` (2048-d features)."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: loads torchvision; trajectory --list imports fid
+        FeatureExtractorInceptionV3)
 
     path = Path(weights)
     state = read_weights(path)
@@ -163,9 +166,8 @@ def write_standin_weights(path: str | Path, seed: int = 0) -> Path:
 
     For plumbing checks where the real file cannot be had (tests, machines without internet):
     everything but the weights is the real pipeline. An FID from this file means nothing."""
-    from unittest import mock
-
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
+    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: loads torchvision; trajectory --list imports fid
+        FeatureExtractorInceptionV3 as Net)
 
     with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
                     lambda *a, **k: {}), \
@@ -229,9 +231,7 @@ def _shard(images: np.ndarray, rt: Runtime, batch: int):
 def _dataset_shard(ds, n: int, rt: Runtime, batch: int, workers: int = 0):
     """This rank's share of the first n images of a dataset, streamed as uint8 (B, 3, H, W)
     batches (never the whole set in memory: an ImageFolder reference may be ImageNet)."""
-    from torch.utils.data import Subset
-
-    from ..data.loader import iterate_in_order
+    from ..data.loader import iterate_in_order  # lazy: loads torchvision; trajectory --list imports fid
 
     lo, hi = _my_range(n, rt)
     if hasattr(ds, "gather"):
@@ -262,7 +262,7 @@ def reference_key(cfg: Config, extractor: Extractor) -> tuple[str, dict]:
 def reference_stats(cfg: Config, extractor: Extractor, rt: Runtime, show: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, int, dict]:
     """(mu, sigma, n, description) of the reference images, from the cache or computed once."""
-    from ..data import build_dataset
+    from ..data import build_dataset  # lazy: loads torchvision; trajectory --list imports fid
 
     name, desc = reference_key(cfg, extractor)
     path = cache_dir(cfg) / f"{name}.npz"
@@ -300,8 +300,6 @@ def run(cfg: Config, run_dir: Path | None, samples: Path | None = None,
     ``RUN_DIR/eval/fid-<sample tag>-n<n>.json`` (or next to the samples file) and returns the record.
 
     ``extractor`` replaces the Inception network (tests use a small stand-in for plumbing)."""
-    from . import sample as sampling
-
     if extractor is None:
         check(cfg)
     if samples is None and run_dir is None:

@@ -38,11 +38,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, latest
 from ..errors import ConfigError, LdaeError
+from ..plots import training_curves
+from ..tokenizers import load_tokenizer
+from .common import read_run_config
 from .panels import (FIG7_IMAGES, SIGMA_FIG7, Skip, denoise_panels, fig3_schedules,  # noqa: F401
                      fig4_filters, fig7_noise, fig8_denoising, noise_panels, run_tokenizer,
                      val_images)
+from .trajectory import build_row, load_records, row_meta
+from .trajectory_report import plot_all
 
 LDAE_ROW = "tab3-ldae"  # the trajectory row whose d Fig. 7 uses
 
@@ -146,9 +151,6 @@ def _names(figs: Figures) -> set[str]:
 def _run_figures(run_dir: Path, out: Path, figs: Figures, t, n_images: int, dev, cache: dict,
                  schedules: bool = True, filters: bool = True, noise: bool = True,
                  extra_tokenizers: Sequence[Path] = ()) -> None:
-    from ..plots import training_curves
-    from .common import read_run_config
-
     cfg = read_run_config(run_dir)
     if schedules:
         figs.make("fig3-schedules", lambda: fig3_schedules(out / "fig3-schedules.png", cfg.diffusion.num_steps,
@@ -178,8 +180,6 @@ def _run_figures(run_dir: Path, out: Path, figs: Figures, t, n_images: int, dev,
 
 
 def _filter_figures(figs: Figures, out: Path, named: list[tuple[str, Path]], keep: int | None = None) -> None:
-    from ..tokenizers import load_tokenizer
-
     for name, path in named:
         def one(name=name, path=path):
             tok = load_tokenizer(path)
@@ -205,16 +205,12 @@ def _extra_tokenizers(paths: Sequence[Path], taken: set[str]) -> list[tuple[str,
 # ---------------------------------------------------------------------------- trajectory
 def _trajectory_figures(tdir: Path, out: Path, figs: Figures, tokenizers, t, n_images: int, dev,
                         cache: dict, rows_out: Path | None) -> None:
-    from ..checkpoint import latest
-    from ..tokenizers import load_tokenizer
-    from . import trajectory as tj
-
     scale = None
 
     def plots():
         nonlocal scale
-        scale, recs = tj.load_records(tdir)
-        paths = tj.plot_all(tdir, recs, figdir=out)
+        scale, recs = load_records(tdir)
+        paths = plot_all(tdir, recs, row_meta(), figdir=out)
         if not paths:
             return [(None, "no row has a result yet")]
         return [(p, default_caption(p)) for p in paths]
@@ -234,7 +230,7 @@ def _trajectory_figures(tdir: Path, out: Path, figs: Figures, tokenizers, t, n_i
         pca = None
         for _, p in sorted(named, key=lambda item: not item[0].startswith("pca")):  # PCA files first
             tok = load_tokenizer(p)
-            if tok.name == "pca" and tok.patch_size == ref.model.patch_size:
+            if tok.full_basis and tok.patch_size == ref.model.patch_size:  # with_dim serves any d
                 pca = tok
                 break
         if pca is None:
@@ -256,17 +252,13 @@ def _trajectory_figures(tdir: Path, out: Path, figs: Figures, tokenizers, t, n_i
 def _reference_config(tdir: Path, scale: str | None):
     """The config Fig. 3 and Fig. 7 use in a trajectory: row tab3-ldae's (its run dir, else the
     row built at the trajectory's scale), else any row's run config; None when there is none."""
-    from .common import read_run_config
-
     p = tdir / "rows" / LDAE_ROW
     if (p / "config.yaml").is_file():
         return read_run_config(p)
     if scale is not None:
-        from . import trajectory as tj
-
         try:
             meta = json.loads((tdir / "trajectory.json").read_text())
-            r = tj.build_row(LDAE_ROW, scale, list(meta.get("overrides") or []))
+            r = build_row(LDAE_ROW, scale, list(meta.get("overrides") or []))
             if r.cfg is not None:
                 return r.cfg
         except LdaeError:

@@ -48,6 +48,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
+from timm.data import Mixup, create_transform
+from timm.data.auto_augment import RandAugment
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -61,11 +65,14 @@ from ..models.vit import (VitEncoder, build_vit, load_into, load_vit, no_decay_i
 from ..optim import EMA, set_lr, warmup_cosine
 from ..preempt import PreemptionGuard
 from ..seeds import STREAM_FT_DATA, STREAM_FT_STEP, finetune_seed
-from .common import write_run_config
-from .rundir import prepare_run_dir
-from .linprobe import TOPK, accuracy_counts
-from .loop import Loop, Plan, resume, run_loop
+from ..models.registry import get_size
+from ..plots import finetune_comparison, finetune_curves
+from .common import load_run, write_run_config
+from .export import fold, vit_kwargs
+from .loop import Loop, Plan, load_weights, resume, run_loop
 from .loop import make_plan as loop_plan
+from .metrics import TOPK, accuracy_counts
+from .rundir import prepare_run_dir
 
 HEAD_INIT_STD = 2e-5  # MAE main_finetune: trunc_normal_(model.head.weight, std=2e-5)
 
@@ -91,9 +98,6 @@ def build_model(cfg: Config, run_dir: Path | None) -> VitEncoder:
         enc = load_vit(cfg.vit.source, cfg.vit.weights, d.image_size, num_classes=C,
                        head_norm=ft.head_norm, drop_path=ft.drop_path, new_head=True)
     elif ft.init == "ldae":
-        from .common import load_run
-        from .export import fold
-
         if run_dir is None:
             raise ConfigError("finetune.init=ldae needs a pretraining run dir as --out.")
         _, den = load_run(run_dir, use_ema=True, device="cpu")
@@ -104,9 +108,6 @@ def build_model(cfg: Config, run_dir: Path | None) -> VitEncoder:
         enc = VitEncoder(model, source=str(run_dir),
                          meta={"t": ft.t, "blocks": k, "clean_input": ft.clean_input})
     else:
-        from ..models.registry import get_size
-        from .export import vit_kwargs
-
         size = get_size(cfg.model.name)
         k = ft.blocks or cfg.model.encoder_blocks or size.depth // 2
         kwargs = vit_kwargs(size.width, size.heads, size.mlp_ratio, k, d.image_size,
@@ -156,8 +157,6 @@ def _posterize_keep(img, bits_to_keep, **_):
     """Posterize that keeps 0 bits as a black image, as TF's RandAugment and Pillow < 13 do;
     Pillow 13 raises instead, which timm's ``PosterizeIncreasing`` reaches at magnitude 10
     (m9 + mstd 0.5 gets there). Same result as the reference, for any Pillow."""
-    from PIL import Image, ImageOps
-
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
@@ -167,9 +166,6 @@ def _posterize_keep(img, bits_to_keep, **_):
 
 def train_transform(cfg: Config, enc: VitEncoder):
     """timm's training transform (MAE ``build_transform(is_train=True)``) at data.image_size."""
-    from timm.data import create_transform
-    from timm.data.auto_augment import RandAugment
-
     ft = cfg.finetune
     tf = create_transform(
         input_size=cfg.data.image_size, is_training=True, scale=tuple(ft.rrc_scale),
@@ -199,8 +195,6 @@ class TrainSteps(torch.utils.data.Dataset):
         return max(0, self.stop - self.start)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-
         step = self.start + i
         idx = self.order.local_indices(step)
         if hasattr(self.dataset, "gather"):
@@ -248,8 +242,6 @@ def make_plan(cfg: Config, n_images: int, world: int) -> Plan:
 
 
 def criterion(cfg: Config) -> nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     ft = cfg.finetune
     if ft.mixup > 0 or ft.cutmix > 0:
         return SoftTargetCrossEntropy()  # Mixup's targets already carry the smoothing
@@ -262,8 +254,6 @@ class Trainer:
     """Model, EMA, optimizer and step of one fine-tuning run."""
 
     def __init__(self, cfg: Config, enc: VitEncoder, plan: Plan, rt: dist.Runtime):
-        from timm.data import Mixup
-
         ft = cfg.finetune
         self.cfg, self.enc, self.plan, self.rt = cfg, enc, plan, rt
         kw = {"fused": True} if rt.device.type == "cuda" else {}
@@ -294,13 +284,8 @@ class Trainer:
     def load(self, state: dict) -> None:
         if state.get("format") != "ldae-finetune-v1":
             raise ConfigError(f"not a fine-tuning checkpoint (format {state.get('format')!r}).")
-        self.enc.model.load_state_dict(state["model"], strict=True)
-        self.opt.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if not state.get("ema"):
-                raise ConfigError("the checkpoint has no EMA weights but finetune.ema > 0.")
-            self.averager.load_state_dict(state["ema"])
-        self.step = int(state["step"])
+        self.step = load_weights(state, self.enc.model, self.opt,
+                                 self.averager if self.ema is not None else None, "finetune.ema")
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         cfg, rt, plan = self.cfg, self.rt, self.plan
@@ -403,14 +388,24 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     rt.barrier()
     if not rt.is_main:
         return {}
-    wall, start_step = res.wall, res.start_step
     if not last_eval or last_eval["step"] != trainer.step:  # resumed at the end: evaluate now
         last_eval = do_eval(trainer.step)
+    rec = _record(cfg, trainer, enc, plan, res, last_eval, work, rt, len(train_ds), len(eval_ds))
+    checkpoint.atomic_write_json(out / "eval" / f"{name}.json", rec)
+    finetune_curves(work, title=f"fine-tune ({ft.init}) {out.name}")
+    finetune_comparison(out)
+    return rec
+
+
+def _record(cfg: Config, trainer: Trainer, enc, plan: Plan, res, last_eval: dict, work: Path,
+            rt: dist.Runtime, n_train: int, n_eval: int) -> dict:
+    """eval/<stem>.json: the final raw and EMA accuracy, the curve and every hyper-parameter."""
+    ft, B = cfg.finetune, cfg.finetune.batch_size
+    wall, steps_run = res.wall, trainer.step - res.start_step
     metrics = work / "metrics.jsonl"
     curve = [r for r in read_jsonl(metrics) if "raw_top1" in r] if metrics.is_file() else []
-    steps_run = trainer.step - start_step
     groups = vit_layer_groups(enc.model)
-    rec = {
+    return {
         "init": ft.init, "source": enc.source, "encoder": enc.meta,
         "raw": {"top1": last_eval["raw_top1"], "top5": last_eval["raw_top5"]},
         "ema": ({"top1": last_eval["ema_top1"], "top5": last_eval["ema_top5"]}
@@ -424,19 +419,13 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
         "mixup": ft.mixup, "cutmix": ft.cutmix, "randaug": ft.randaug, "smoothing": ft.smoothing,
         "reprob": ft.reprob, "rrc_scale": list(ft.rrc_scale), "ema_decay": ft.ema,
         "head_norm": ft.head_norm, "params": sum(p.numel() for p in enc.model.parameters()),
-        "n_train": len(train_ds), "n_eval": len(eval_ds), "train_split": cfg.data.train_split,
+        "n_train": n_train, "n_eval": n_eval, "train_split": cfg.data.train_split,
         "eval_split": cfg.data.eval_split, "num_classes": cfg.data.num_classes,
         "seed": cfg.train.seed, "device": str(rt.device), "world_size": rt.world,
         "wall_s": round(wall, 2),
         "img_per_s": round(steps_run * B / wall, 2) if steps_run and wall > 0 else None,
         "run": str(work),
     }
-    checkpoint.atomic_write_json(out / "eval" / f"{name}.json", rec)
-    from ..plots import finetune_comparison, finetune_curves
-
-    finetune_curves(work, title=f"fine-tune ({ft.init}) {out.name}")
-    finetune_comparison(out)
-    return rec
 
 
 __all__ = ["run", "build_model", "param_groups", "evaluate", "stem", "TrainSteps", "Trainer",

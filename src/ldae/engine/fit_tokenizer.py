@@ -14,7 +14,9 @@ import torch
 from ..checkpoint import atomic_write_json
 from ..config import Config
 from ..data import build_dataset, to_float
+from ..dist import setup
 from ..logging import Timer
+from ..plots import filter_grid
 from ..tokenizers import FitData, Tokenizer, build_tokenizer
 from .common import TOKENIZER_FILE, write_run_config
 
@@ -48,8 +50,6 @@ def fit(cfg: Config, dataset=None, show: bool = True, device: str | torch.device
 
 
 def run(cfg: Config, out: Path, device: str | torch.device | None = None) -> dict:
-    from ..dist import setup
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
@@ -63,8 +63,6 @@ def run(cfg: Config, out: Path, device: str | torch.device | None = None) -> dic
     atomic_write_json(out / "tokenizer.json", summary)
     filters = tok.filters()
     if filters is not None:
-        from ..plots import filter_grid
-
         filter_grid(filters, out / "figures" / "filters.png",
                     title=f"{cfg.tokenizer.name} filters (d = {tok.dim} of D = {tok.full_dim})",
                     keep=tok.dim)

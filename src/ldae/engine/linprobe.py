@@ -33,13 +33,7 @@ Two modes:
   (every grid head's holdout and eval numbers are kept beside it, the latter for reference).
   ``select=eval`` is the old, optimistically biased choice on the eval split itself.
 
-Sweeps (App. A; ``ldae linprobe --sweep``, :func:`run_sweep`): the fixed-t table (t x clean /
-noisy input at the encoder depth) and the enc. blocks table (k around the encoder depth, at
-linprobe.t / noisy), always with the fast protocol. One pass over each split: per batch, one
-forward per (t, noisy) pair up to its deepest needed block, every swept block's features from it
-(SPEC §5), all (t, noisy, k) sets cached in host memory (float32, float16 over
-``linprobe.sweep_cache_gb``), then one lr grid of heads per set. Each set's features and heads
-equal a single fast run at that setting. Outputs ``eval/linprobe-sweep.{json,md,png}``.
+Sweeps (App. A; ``ldae linprobe --sweep``): :mod:`ldae.engine.linprobe_sweep`.
 
 Encoders (``linprobe.encoder``): ``ldae`` (the trained denoiser), ``random`` (the same architecture
 at random init; the caller builds it with ``engine.encoders.build_random``), ``pixels`` (the
@@ -70,7 +64,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_path, atomic_write_json, atomic_write_text
+from ..checkpoint import atomic_path, atomic_write_json
 from ..config import Config
 from ..data import (BatchAugment, BatchStream, build_dataset, epoch_permutation, full_images,
                     iterate_in_order, to_float)
@@ -79,20 +73,23 @@ from ..errors import ConfigError
 from ..logging import MetricsLog, progress
 from ..models.vit import VitEncoder
 from ..optim import LARS, scaled_lr, set_lr, warmup_cosine
-from ..seeds import (STREAM_EXTRACT, STREAM_HOLDOUT, STREAM_INIT, STREAM_PROBE_AUG,
-                     STREAM_PROBE_NOISE, generator, probe_seed)
+from ..seeds import (STREAM_EXTRACT, STREAM_INIT, STREAM_PROBE_AUG, STREAM_PROBE_NOISE, generator,
+                     probe_seed)
+from .metrics import TOPK, evaluate
+from .splits import holdout_split
 
 BN_EPS = 1e-6  # MAE's BatchNorm1d(affine=False, eps=1e-6)
 HEAD_INIT_STD = 0.01  # MAE: trunc_normal_(head.weight, std=0.01)
-TOPK = 5
 # Random streams (``ldae.seeds``): every draw is a function of (train.seed, stream, step).
 
 
-def _generator(device: torch.device | str, seed: int, stream: int, step: int = 0) -> torch.Generator:
+def probe_generator(device: torch.device | str, seed: int, stream: int, step: int = 0) -> torch.Generator:
+    """The generator of one of the probe's random streams (``seeds.probe_seed``) on ``device``."""
     return generator(probe_seed(seed, stream, step), device)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timing is honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -164,7 +161,7 @@ def encode(denoiser: nn.Module | None, x: torch.Tensor, cfg: Config, rt: Runtime
                                  autocast=rt.autocast(), clean=lp.clean_input)
 
 
-def _prepare(denoiser: nn.Module | None, rt: Runtime) -> nn.Module | None:
+def prepare_encoder(denoiser: nn.Module | None, rt: Runtime) -> nn.Module | None:
     """Frozen, eval-mode, on rt.device (in place: the caller hands the encoder over)."""
     if denoiser is not None:
         denoiser.to(rt.device).eval().requires_grad_(False)
@@ -180,13 +177,13 @@ def extract_features(denoiser: nn.Module | None, dataset, cfg: Config, rt: Runti
     whatever ``blocks``) and the int64 (N,) labels. Noisy draws come from one generator seeded by
     (train.seed, ``stream_step``), so a split's features repeat exactly. ``stats`` (if given)
     receives ``img_per_s`` and ``seconds`` of the pass."""
-    denoiser = _prepare(denoiser, rt)
+    denoiser = prepare_encoder(denoiser, rt)
     n = len(dataset)
     feats: list[torch.Tensor] | None = None
     labels = torch.empty(n, dtype=torch.long)
-    gen = _generator(rt.device, cfg.train.seed, STREAM_EXTRACT, stream_step) if denoiser is not None else None
+    gen = probe_generator(rt.device, cfg.train.seed, STREAM_EXTRACT, stream_step) if denoiser is not None else None
     bar = progress(n, desc, enabled=rt.is_main)
-    _sync(rt.device)
+    sync(rt.device)
     t0, i = time.perf_counter(), 0
     for xb, yb in iterate_in_order(dataset, cfg.linprobe.batch_size, cfg.data.num_workers):
         x = to_float(xb.to(rt.device, non_blocking=True))
@@ -198,7 +195,7 @@ def extract_features(denoiser: nn.Module | None, dataset, cfg: Config, rt: Runti
         labels[i:i + yb.shape[0]] = yb
         i += yb.shape[0]
         bar.update(yb.shape[0])
-    _sync(rt.device)
+    sync(rt.device)
     seconds = time.perf_counter() - t0
     bar.close()
     if stats is not None:
@@ -207,32 +204,6 @@ def extract_features(denoiser: nn.Module | None, dataset, cfg: Config, rt: Runti
 
 
 # ------------------------------------------------------------------------- training
-def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[int, int]:
-    top = logits.topk(k, dim=1).indices  # (B, k)
-    hit = top == y[:, None]
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
-
-
-@torch.no_grad()
-def evaluate(probe: LinearProbe, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-             ) -> list[tuple[float, float]]:
-    """(top-1 %, top-5 %) of every head over all (features, labels) batches (BN in eval mode)."""
-    was = probe.training
-    probe.eval()
-    k = min(TOPK, probe.heads[0].out_features)
-    c1 = [0] * len(probe.heads)
-    c5 = [0] * len(probe.heads)
-    n = 0
-    for f, y in batches:
-        for i, logits in enumerate(probe(f)):
-            a, b = accuracy_counts(logits, y, k)
-            c1[i] += a
-            c5[i] += b
-        n += y.shape[0]
-    probe.train(was)
-    return [(100.0 * a / max(n, 1), 100.0 * b / max(n, 1)) for a, b in zip(c1, c5)]
-
-
 def _train(probe: LinearProbe, lrs: list[float], cfg: Config, rt: Runtime, steps_per_epoch: int,
            batch: int, batch_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
            log: MetricsLog, desc: str | None = None) -> float:
@@ -247,7 +218,7 @@ def _train(probe: LinearProbe, lrs: list[float], cfg: Config, rt: Runtime, steps
     probe.train()
     desc = desc or f"linprobe {'fast' if lp.fast else 'full'}"
     bar = progress(total * batch, desc, enabled=rt.is_main)
-    _sync(rt.device)
+    sync(rt.device)
     t0 = time.perf_counter()
     for epoch in range(lp.epochs):
         loss_sum = torch.zeros(len(probe.heads), device=rt.device)
@@ -270,7 +241,7 @@ def _train(probe: LinearProbe, lrs: list[float], cfg: Config, rt: Runtime, steps
         log.write({"step": (epoch + 1) * steps_per_epoch, "epoch": epoch + 1, "loss": mean,
                    "lr_factor": factor})
         bar.set_postfix(epoch=epoch + 1, loss=f"{min(mean):.3f}")
-    _sync(rt.device)
+    sync(rt.device)
     rate = total * batch / max(time.perf_counter() - t0, 1e-9)
     bar.close()
     return rate
@@ -280,6 +251,16 @@ def _chunks(feats: torch.Tensor, labels: torch.Tensor, size: int
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, feats.shape[0], size):
         yield feats[i:i + size], labels[i:i + size]
+
+
+class Tagged:
+    """A MetricsLog view that adds the cell's keys to every record."""
+
+    def __init__(self, log: MetricsLog, **tag):
+        self.log, self.tag = log, tag
+
+    def write(self, record: dict) -> None:
+        self.log.write({**self.tag, **record})
 
 
 # -------------------------------------------------------------------------- modes
@@ -297,16 +278,6 @@ def _features_fast(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks
                                 desc=f"features {d.eval_split}", stream_step=1)
     rate = (len(train_ds) + len(eval_ds)) / max(st_tr["seconds"] + st_ev["seconds"], 1e-9)
     return ftr[0], ytr, fev[0], yev, rate
-
-
-def holdout_split(n: int, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit, holdout) indices of the n train rows: a seeded random ``linprobe.holdout`` share
-    (at least 1 row, leaving at least 1) that selects the lr; sorted, disjoint, covering all."""
-    k = min(max(1, round(cfg.linprobe.holdout * n)), n - 1)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(
-        probe_seed(cfg.train.seed, STREAM_HOLDOUT)))
-    return perm[k:].sort().values, perm[:k].sort().values
-
 
 def select_and_fit(ftr: torch.Tensor, ytr: torch.Tensor, fev: torch.Tensor, yev: torch.Tensor,
                    cfg: Config, rt: Runtime, batch: int, blrs: list[float], log: MetricsLog,
@@ -341,12 +312,12 @@ def select_and_fit(ftr: torch.Tensor, ytr: torch.Tensor, fev: torch.Tensor, yev:
     b_fit = min(batch, fit_idx.numel())
     fit_lrs = [scaled_lr(b, b_fit) for b in blrs]
     probe, ho, _, rate = _fit_cached(ftr[fit_idx], ytr[fit_idx], ftr[ho_idx], ytr[ho_idx], cfg, rt,
-                                     b_fit, fit_lrs, _Tagged(log, phase="select"),
+                                     b_fit, fit_lrs, Tagged(log, phase="select"),
                                      f"{desc or 'linprobe heads'} (select on holdout)")
     ev = evaluate(probe, _chunks(fev.to(rt.device, torch.float32), yev.to(rt.device), lp.batch_size))
     best = max(range(len(blrs)), key=lambda i: ho[i][0])  # ties: the first in grid order
     final, res, _, _ = _fit_cached(ftr, ytr, fev, yev, cfg, rt, batch, [lrs[best]],
-                                   _Tagged(log, phase="refit"),
+                                   Tagged(log, phase="refit"),
                                    f"{desc or 'linprobe head'} (refit blr {blrs[best]:g})")
     grid = [{"blr": b, "lr": lr, "holdout_top1": h[0], "holdout_top5": h[1], "top1": e[0],
              "top5": e[1]} for b, lr, h, e in zip(blrs, fit_lrs, ho, ev)]
@@ -406,8 +377,8 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = next(stream)  # uint8 (B, C, H, W); augmentation a function of (seed, step)
         x = augment(xb.to(rt.device, non_blocking=True),
-                    _generator("cpu", cfg.train.seed, STREAM_PROBE_AUG, step))
-        noise = (_generator(rt.device, cfg.train.seed, STREAM_PROBE_NOISE, step)
+                    probe_generator("cpu", cfg.train.seed, STREAM_PROBE_AUG, step))
+        noise = (probe_generator(rt.device, cfg.train.seed, STREAM_PROBE_NOISE, step)
                  if denoiser is not None else None)
         return encode(denoiser, x, cfg, rt, blocks, noise)[0], yb.to(rt.device)
 
@@ -419,20 +390,47 @@ def _fit_full(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: lis
     return probe, results, feat_dim, st_ev["img_per_s"], train_rate
 
 
+def _fit_mode(denoiser, train_ds, eval_ds, cfg: Config, rt: Runtime, blocks: list[int], batch: int,
+              blrs: list[float], lrs: list[float], log: MetricsLog) -> dict:
+    """The head of ``linprobe.fast``'s mode: the fast lr grid's selected head
+    (:func:`select_and_fit`) or the full protocol's one head. Returns {"probe", "top1", "top5",
+    "best", "grid", "selection", "train_rate", "feat_dim", "extract_rate"}."""
+    if cfg.linprobe.fast:
+        ftr, ytr, fev, yev, extract_rate = _features_fast(denoiser, train_ds, eval_ds, cfg, rt,
+                                                          blocks)
+        fit = select_and_fit(ftr, ytr, fev, yev, cfg, rt, batch, blrs, log)
+        return {**fit, "feat_dim": ftr.shape[1], "extract_rate": extract_rate}
+    # one blr, fixed in advance: nothing is selected
+    probe, results, feat_dim, extract_rate, train_rate = _fit_full(
+        denoiser, train_ds, eval_ds, cfg, rt, blocks, batch, lrs, log)
+    top1, top5 = results[0]
+    grid = [{"blr": blrs[0], "lr": lrs[0], "holdout_top1": None, "holdout_top5": None,
+             "top1": top1, "top5": top5}]
+    selection = {"by": "none (one blr)", "n_fit": len(train_ds), "n_holdout": 0}
+    return {"probe": probe, "top1": top1, "top5": top5, "best": 0, "grid": grid,
+            "selection": selection, "train_rate": train_rate, "feat_dim": feat_dim,
+            "extract_rate": extract_rate}
+
+
 # ------------------------------------------------------------------------------ run
+def probe_setup(cfg: Config, rt: Runtime | None, denoiser: nn.Module | None
+                ) -> tuple[Runtime, nn.Module | None]:
+    """A probe's runtime (from ``cfg.train`` unless given) and encoder (none for raw pixels)."""
+    rt = rt or setup(cfg.train.device, cfg.train.threads)
+    return rt, (None if cfg.linprobe.encoder == "pixels" else denoiser)
+
+
 def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | None = None,
         tag: str = "") -> dict:
     """Train and evaluate the linear probe of ``cfg.linprobe``; write ``eval/<stem>.json``.
 
     ``denoiser``: the trained l-DAE (encoder ``ldae``), its random-init twin (``random``) or None
     (``pixels``). Returns the recorded dict (``{}`` on ranks other than 0)."""
-    rt = rt or setup(cfg.train.device, cfg.train.threads)
+    rt, denoiser = probe_setup(cfg, rt, denoiser)
     if not rt.is_main:
         return {}
     lp, d = cfg.linprobe, cfg.data
-    if lp.encoder == "pixels":
-        denoiser = None
-    elif denoiser is None:
+    if denoiser is None and lp.encoder != "pixels":
         raise ValueError(f"linprobe.encoder={lp.encoder} needs an encoder (engine.encoders.encoder_for "
                          "builds it); only 'pixels' runs without one.")
     t_start = time.perf_counter()
@@ -442,7 +440,7 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
                           "a file).")
     stem = out_stem(lp.encoder, tag)
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    denoiser = _prepare(denoiser, rt)
+    denoiser = prepare_encoder(denoiser, rt)
     blocks = probe_blocks(cfg, denoiser)
     train_ds, eval_ds = build_dataset(cfg, d.train_split), build_dataset(cfg, d.eval_split)
     n_train, n_eval = len(train_ds), len(eval_ds)
@@ -461,388 +459,40 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     log_path.unlink(missing_ok=True)
     log = MetricsLog(run_dir / "eval", enabled=True, name=log_path.name)
 
-    if lp.fast:
-        ftr, ytr, fev, yev, extract_rate = _features_fast(denoiser, train_ds, eval_ds, cfg, rt,
-                                                          blocks)
-        fit = select_and_fit(ftr, ytr, fev, yev, cfg, rt, batch, blrs, log)
-        probe, best, train_rate, feat_dim = fit["probe"], fit["best"], fit["train_rate"], ftr.shape[1]
-        top1, top5, grid, selection = fit["top1"], fit["top5"], fit["grid"], fit["selection"]
-    else:  # one blr, fixed in advance: nothing is selected
-        probe, results, feat_dim, extract_rate, train_rate = _fit_full(
-            denoiser, train_ds, eval_ds, cfg, rt, blocks, batch, lrs, log)
-        best, (top1, top5) = 0, results[0]
-        grid = [{"blr": blrs[0], "lr": lrs[0], "holdout_top1": None, "holdout_top5": None,
-                 "top1": top1, "top5": top5}]
-        selection = {"by": "none (one blr)", "n_fit": n_train, "n_holdout": 0}
+    fit = _fit_mode(denoiser, train_ds, eval_ds, cfg, rt, blocks, batch, blrs, lrs, log)
     log.close()
+    best, selection = fit["best"], fit["selection"]
     if selection["by"] != "holdout" and len(blrs) > 1:
         print(f"linprobe: warning: linprobe.select={lp.select} picks the blr on the split it "
               "reports: the number is optimistically biased.", file=sys.stderr)
 
     head_path = run_dir / "eval" / f"{stem}-head.safetensors"
     with atomic_path(head_path) as tmp:
-        save_file(probe.head_state(0), str(tmp),
+        save_file(fit["probe"].head_state(0), str(tmp),
                   metadata={"encoder": lp.encoder, "blr": repr(blrs[best]), "lr": repr(lrs[best])})
     pixels, vit = denoiser is None, isinstance(denoiser, VitEncoder)
     rec = {
         "encoder": lp.encoder, "mode": "fast" if lp.fast else "full",
-        "top1": top1, "top5": top5, "topk": min(TOPK, d.num_classes),
+        "top1": fit["top1"], "top5": fit["top5"], "topk": min(TOPK, d.num_classes),
         "best_blr": blrs[best], "blr": blrs[best], "lr": lrs[best],
-        "selection": selection, "grid": grid,
+        "selection": selection, "grid": fit["grid"],
         "t": None if pixels else (denoiser.meta.get("t") if vit else lp.t),
         "noisy": None if pixels else lp.noisy,
         "clean_input": None if pixels or vit or lp.noisy else lp.clean_input,
         "source": denoiser.source if vit else None,
         "weights": getattr(denoiser, "loaded_from", None),
-        "blocks": blocks[0] if blocks else None, "feat_dim": feat_dim,
+        "blocks": blocks[0] if blocks else None, "feat_dim": fit["feat_dim"],
         "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs, "batch_size": batch,
         "batch_size_requested": lp.batch_size, "steps_per_epoch": steps_per_epoch,
         "weight_decay": lp.weight_decay, "momentum": lp.momentum,
         "rrc_scale": None if lp.fast else list(lp.rrc_scale),
         "n_train": n_train, "n_eval": n_eval, "train_split": d.train_split, "eval_split": d.eval_split,
         "num_classes": d.num_classes, "seed": cfg.train.seed, "device": str(rt.device),
-        "extract_img_per_s": extract_rate, "train_img_per_s": train_rate,
+        "extract_img_per_s": fit["extract_rate"], "train_img_per_s": fit["train_rate"],
         "wall_s": time.perf_counter() - t_start, "head": head_path.name, "notes": notes,
     }
     atomic_write_json(run_dir / "eval" / f"{stem}.json", rec)
     return rec
 
 
-# --------------------------------------------------------------------------- sweeps
-SWEEP_T = (0, 10, 20, 40, 80)  # App. A's fixed-t table
-SWEEP_NOISY = (False, True)  # its two rows: clean / noisy input
-SWEEP_BLOCKS_SPAN = 3  # App. A's enc. blocks table: 9..15 around 12 of 24
-SWEEP_STEM = "linprobe-sweep"
-# App. A of the paper (ImageNet, l-DAE ViT-1/2L, i.e. DiT-L's 24 blocks, 12 in the encoder);
-# top-1 %, for reference next to ours (a different dataset and scale).
-PAPER_APP_A = {
-    "t": [0, 10, 20, 40, 80],
-    "clean": [64.1, 64.5, 64.1, 63.3, 62.2],
-    "noisy": [64.2, 65.0, 65.0, 65.0, 64.5],
-    "blocks": [9, 10, 11, 12, 13, 14, 15],
-    "blocks_top1": [58.5, 62.0, 64.1, 64.5, 63.6, 61.9, 59.7],
-}
-
-Cell = tuple[int, bool, int]  # (t, noisy, k)
-
-
-class SweepPlan:
-    """Which cells the App. A tables hold and which forwards produce them.
-
-    ``t`` table: every (t, noisy) of ``t_grid`` x ``noisy_grid`` at encoder depth ``k0``;
-    ``blocks`` table: every k of ``blocks_grid`` at (``t0``, ``noisy0``). A table is present only
-    when one of its axes is swept. ``sets`` are the distinct (t, noisy, k) feature sets (a cell in
-    both tables is extracted and trained once); ``passes`` maps each (t, noisy) to the sorted
-    blocks one forward must return."""
-
-    def __init__(self, t_grid, noisy_grid, blocks_grid, t0: int, noisy0: bool, k0: int,
-                 t_table: bool, blocks_table: bool):
-        self.t_grid, self.noisy_grid, self.blocks_grid = list(t_grid), list(noisy_grid), list(blocks_grid)
-        self.t0, self.noisy0, self.k0 = t0, noisy0, k0
-        self.cells: list[tuple[str, Cell]] = []
-        if t_table:
-            self.cells += [("t", (t, n, k0)) for n in self.noisy_grid for t in self.t_grid]
-        if blocks_table:
-            self.cells += [("blocks", (t0, noisy0, k)) for k in self.blocks_grid]
-        self.sets: list[Cell] = list(dict.fromkeys(c for _, c in self.cells))
-        passes: dict[tuple[int, bool], set[int]] = {}
-        for t, n, k in self.sets:
-            passes.setdefault((t, n), set()).add(k)
-        self.passes = {pair: sorted(ks) for pair, ks in passes.items()}
-
-
-def sweep_plan(cfg: Config, denoiser: nn.Module, defaults: bool = False) -> SweepPlan:
-    """The sweep that ``cfg.linprobe.sweep_*`` asks for on ``denoiser``.
-
-    An empty axis is not swept (it takes linprobe.t / noisy / blocks), unless ``defaults``
-    (``ldae linprobe --sweep``), which fills it with App. A's grid: t in {0, 10, 20, 40, 80},
-    clean and noisy input, and k = the encoder depth +- 3 clipped to [1, depth]. The encoder
-    depth k0 is linprobe.blocks, or the model's encoder split when that is 0."""
-
-    lp = cfg.linprobe
-    if isinstance(denoiser, VitEncoder):
-        raise ConfigError("the linprobe sweep varies t, noisy input and depth of the run's own "
-                          "denoiser; an exported or timm ViT has them fixed. Sweep the run dir.")
-    if denoiser is None:
-        raise ConfigError("the linprobe sweep needs a network encoder (linprobe.encoder=ldae or "
-                          "random): t, noisy input and encoder blocks do not apply to pixels.")
-    depth = denoiser.backbone.depth
-    k0 = lp.blocks or denoiser.backbone.encoder_blocks
-    span = range(max(1, k0 - SWEEP_BLOCKS_SPAN), min(depth, k0 + SWEEP_BLOCKS_SPAN) + 1)
-    t_grid = lp.sweep_t or (SWEEP_T if defaults else (lp.t,))
-    noisy_grid = lp.sweep_noisy or (SWEEP_NOISY if defaults else (lp.noisy,))
-    blocks_grid = lp.sweep_blocks or (tuple(span) if defaults else (k0,))
-    t_steps = denoiser.schedule.num_steps
-    if not all(0 <= t < t_steps for t in t_grid):  # the defaults against a short schedule
-        raise ConfigError(f"linprobe.sweep_t={list(t_grid)} must hold timesteps in [0, "
-                          f"{t_steps}) (diffusion.num_steps); set linprobe.sweep_t=[...].")
-    if not all(1 <= k <= depth for k in blocks_grid):  # the run's model may differ from cfg's
-        raise ConfigError(f"linprobe.sweep_blocks={list(blocks_grid)} must hold encoder depths in "
-                          f"[1, {depth}] (the encoder has {depth} blocks).")
-    t_table = bool(defaults or lp.sweep_t or lp.sweep_noisy)
-    blocks_table = bool(defaults or lp.sweep_blocks)
-    if not (t_table or blocks_table):
-        raise ConfigError("nothing to sweep: pass --sweep (App. A's grids) or set "
-                          "linprobe.sweep_t / linprobe.sweep_noisy / linprobe.sweep_blocks.")
-    return SweepPlan(t_grid, noisy_grid, blocks_grid, lp.t, lp.noisy, k0, t_table, blocks_table)
-
-
-def extract_sweep(denoiser: nn.Module, dataset, cfg: Config, rt: Runtime, plan: SweepPlan, *,
-                  dtype: torch.dtype = torch.float32, desc: str = "sweep features",
-                  stream_step: int = 0, stats: dict | None = None
-                  ) -> tuple[dict[Cell, torch.Tensor], torch.Tensor]:
-    """Every feature set of ``plan`` for ``dataset`` from one pass over the data.
-
-    Per batch, one forward per (t, noisy) pair through its deepest block, returning all its
-    blocks at once. Each noisy pair draws its noise from its own generator seeded exactly as
-    :func:`extract_features` seeds a single setting's (train.seed, ``stream_step``): every pair
-    sees the same eps (common random numbers across t), and each set equals the single-setting
-    extraction of that cell. Returns {(t, noisy, k): (N, W) ``dtype`` CPU tensor} and the labels."""
-    denoiser = _prepare(denoiser, rt)
-    n, width = len(dataset), denoiser.backbone.width
-    feats = {c: torch.empty(n, width, dtype=dtype) for c in plan.sets}
-    labels = torch.empty(n, dtype=torch.long)
-    gens = {pair: _generator(rt.device, cfg.train.seed, STREAM_EXTRACT, stream_step)
-            for pair in plan.passes if pair[1]}
-    bar = progress(n, desc, enabled=rt.is_main)
-    _sync(rt.device)
-    t0, i = time.perf_counter(), 0
-    for xb, yb in iterate_in_order(dataset, cfg.linprobe.batch_size, cfg.data.num_workers):
-        x = to_float(xb.to(rt.device, non_blocking=True))
-        m = yb.shape[0]
-        for (t, noisy), ks in plan.passes.items():
-            with torch.no_grad():
-                out = denoiser.features(x, t, ks, noisy=noisy, generator=gens.get((t, noisy)),
-                                        autocast=rt.autocast(), clean=cfg.linprobe.clean_input)
-            for k, f in zip(ks, out):
-                feats[(t, noisy, k)][i:i + m].copy_(f)
-        labels[i:i + m] = yb
-        i += m
-        bar.update(m)
-    _sync(rt.device)
-    seconds = time.perf_counter() - t0
-    bar.close()
-    if stats is not None:
-        stats.update(img_per_s=n / max(seconds, 1e-9), seconds=seconds)
-    return feats, labels
-
-
-class _Tagged:
-    """A MetricsLog view that adds the cell's keys to every record."""
-
-    def __init__(self, log: MetricsLog, **tag):
-        self.log, self.tag = log, tag
-
-    def write(self, record: dict) -> None:
-        self.log.write({**self.tag, **record})
-
-
-def _cache_dtype(plan: SweepPlan, n_rows: int, width: int, budget_gb: float
-                 ) -> tuple[torch.dtype, float]:
-    """float32 if the whole cache fits ``budget_gb``, else float16; ConfigError if neither."""
-
-    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
-        gb = len(plan.sets) * n_rows * width * size / 2 ** 30
-        if gb <= budget_gb:
-            return dtype, gb
-    raise ConfigError(f"the sweep's feature cache ({len(plan.sets)} sets x {n_rows} images x "
-                      f"{width} dims) needs {gb:.1f} GiB even in float16, over "
-                      f"linprobe.sweep_cache_gb={budget_gb}; raise it, sweep fewer cells or set "
-                      "data.limit.")
-
-
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
-
-
-def sweep_markdown(rec: dict) -> str:
-    """App. A's two tables (ours), then the paper's for reference."""
-    plan = rec["plan"]
-    by = {(c["table"], c["t"], c["noisy"], c["blocks"]): c for c in rec["cells"]}
-    lines = [f"# Linear-probe sweeps (paper App. A) — encoder `{rec['encoder']}`", "",
-             f"Top-1 (%) on `{rec['eval_split']}` ({rec['n_eval']} images), heads trained on "
-             f"`{rec['train_split']}` ({rec['n_train']} images), {rec['epochs']} epochs, batch "
-             f"{rec['batch_size']}. **Fast protocol** (always, for sweeps): features cached once "
-             "without augmentation; one head per blr of linprobe.lr_grid "
-             f"{rec['lr_grid']}, selected by `linprobe.select={rec.get('select', 'eval')}` "
-             "(holdout: on a held-out share of the train split, then refit on all of it; the eval "
-             "split is only reported), a deviation from MAE's protocol, which re-runs the encoder "
-             "on augmented crops. "
-             f"Feature cache: {rec['cache_dtype']}.", ""]
-    if plan["t_table"]:
-        ts = plan["t_grid"]
-        lines += [f"## Fixed t (encoder blocks k = {plan['k0']})", "",
-                  "| fixed t | " + " | ".join(str(t) for t in ts) + " |",
-                  "|---|" + "---:|" * len(ts)]
-        for n in plan["noisy_grid"]:
-            row = [by.get(("t", t, n, plan["k0"]), {}).get("top1") for t in ts]
-            lines.append(f"| w/ {'noisy' if n else 'clean'} input | "
-                         + " | ".join(_fmt(v) for v in row) + " |")
-        lines.append("")
-    if plan["blocks_table"]:
-        ks = plan["blocks_grid"]
-        inp = "noisy" if plan["noisy0"] else "clean"
-        lines += [f"## Encoder blocks (t = {plan['t0']}, {inp} input; "
-                  f"{rec['depth']} blocks in all)", "",
-                  "| enc. blocks | " + " | ".join(str(k) for k in ks) + " |",
-                  "|---|" + "---:|" * len(ks),
-                  "| acc. | " + " | ".join(
-                      _fmt(by.get(("blocks", plan["t0"], plan["noisy0"], k), {}).get("top1"))
-                      for k in ks) + " |", ""]
-    lines += ["## Every cell", "", "| table | t | input | k | top-1 | top-5 | best blr |",
-              "|---|---:|---|---:|---:|---:|---:|"]
-    for c in rec["cells"]:
-        lines.append(f"| {c['table']} | {c['t']} | {'noisy' if c['noisy'] else 'clean'} | "
-                     f"{c['blocks']} | {c['top1']:.2f} | {c['top5']:.2f} | {c['best_blr']:g} |")
-    p = PAPER_APP_A
-    lines += ["", "## Paper, for reference (ImageNet, ViT-½L = DiT-L's first 12 of 24 blocks; "
-              "not this run)", "",
-              "| fixed t | " + " | ".join(str(t) for t in p["t"]) + " |",
-              "|---|" + "---:|" * len(p["t"]),
-              "| w/ clean input | " + " | ".join(_fmt(v) for v in p["clean"]) + " |",
-              "| w/ noisy input | " + " | ".join(_fmt(v) for v in p["noisy"]) + " |", "",
-              "| enc. blocks | " + " | ".join(str(k) for k in p["blocks"]) + " |",
-              "|---|" + "---:|" * len(p["blocks"]),
-              "| acc. | " + " | ".join(_fmt(v) for v in p["blocks_top1"]) + " |", ""]
-    return "\n".join(lines)
-
-
-def sweep_figure(rec: dict, path: Path) -> Path:
-    """Two panels: top-1 vs t (clean, noisy), top-1 vs encoder blocks; written atomically."""
-    from ..plots import pyplot, save_png
-
-    plt = pyplot()
-
-    plan = rec["plan"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    if plan["t_table"]:
-        for n in plan["noisy_grid"]:
-            cells = [c for c in rec["cells"] if c["table"] == "t" and c["noisy"] == n]
-            a.plot([c["t"] for c in cells], [c["top1"] for c in cells], marker="o",
-                   label=f"w/ {'noisy' if n else 'clean'} input")
-        a.set_xticks(plan["t_grid"])
-        a.legend()
-    else:
-        a.text(0.5, 0.5, "t not swept", ha="center", va="center", transform=a.transAxes)
-    a.set_xlabel(f"fixed t (encoder blocks k = {plan['k0']})")
-    if plan["blocks_table"]:
-        cells = [c for c in rec["cells"] if c["table"] == "blocks"]
-        b.plot([c["blocks"] for c in cells], [c["top1"] for c in cells], marker="o",
-               color="tab:green")
-        b.axvline(rec["depth"] / 2, color="gray", ls=":", lw=1,
-                  label=f"half of the {rec['depth']} blocks")
-        b.set_xticks(plan["blocks_grid"])
-        b.legend()
-    else:
-        b.text(0.5, 0.5, "blocks not swept", ha="center", va="center", transform=b.transAxes)
-    b.set_xlabel(f"encoder blocks (t = {plan['t0']}, {'noisy' if plan['noisy0'] else 'clean'} input)")
-    for ax in (a, b):
-        ax.set_ylabel("linear-probe top-1 (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"App. A sweeps, encoder {rec['encoder']} (fast protocol)")
-    return save_png(fig, path)
-
-
-def run_sweep(cfg: Config, run_dir: Path, denoiser: nn.Module, rt: Runtime | None = None,
-              defaults: bool = False) -> dict:
-    """App. A's sweeps from one pass over the data: ``eval/linprobe-sweep.{json,md,png}``.
-
-    Always the fast protocol (whatever linprobe.fast says): every (t, noisy, k) feature set of
-    :func:`sweep_plan` is extracted in one pass per split (one forward per (t, noisy) pair per
-    batch, all blocks from it) and cached in host memory — float32, or float16 when float32
-    would exceed ``linprobe.sweep_cache_gb`` — then each set gets the fast mode's lr grid of
-    heads (sets trained one after the other, on the device). A set's result is what a single
-    ``linprobe.fast=true`` run at that (t, noisy, blocks) gives. The json holds one cell per
-    table entry: |t| x |noisy| (t table) + |blocks| (blocks table), a cell in both tables
-    appearing twice with the same numbers. Returns the record (``{}`` on ranks other than 0)."""
-    rt = rt or setup(cfg.train.device, cfg.train.threads)
-    if not rt.is_main:
-        return {}
-    lp, d = cfg.linprobe, cfg.data
-    if lp.encoder == "pixels":
-        denoiser = None
-    plan = sweep_plan(cfg, denoiser, defaults)
-    t_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    denoiser = _prepare(denoiser, rt)
-    train_ds, eval_ds = build_dataset(cfg, d.train_split), build_dataset(cfg, d.eval_split)
-    n_train, n_eval = len(train_ds), len(eval_ds)
-    batch = min(lp.batch_size, n_train)
-    width = denoiser.backbone.width
-    dtype, cache_gb = _cache_dtype(plan, n_train + n_eval, width, lp.sweep_cache_gb)
-    notes = ["sweep: fast protocol (features cached once without augmentation, lr grid of "
-             f"heads selected by linprobe.select={lp.select}) - a deviation from MAE's protocol"]
-    if not lp.fast:
-        notes.append("linprobe.fast=false ignored: sweeps always use the fast protocol")
-    if batch < lp.batch_size:
-        notes.append(f"linprobe.batch_size={lp.batch_size} exceeds the {n_train} train images; "
-                     f"clamped to {batch}")
-    if dtype != torch.float32:
-        notes.append(f"feature cache in float16: float32 would need {2 * cache_gb:.1f} GiB, "
-                     f"over linprobe.sweep_cache_gb={lp.sweep_cache_gb}")
-    for note in notes:
-        print(f"linprobe sweep: {note}", file=sys.stderr)
-
-    n_pass = len(plan.passes)
-    st_tr, st_ev = {}, {}
-    ftr, ytr = extract_sweep(denoiser, train_ds, cfg, rt, plan, dtype=dtype, stats=st_tr,
-                             desc=f"sweep features {d.train_split} ({n_pass} fwd/batch)",
-                             stream_step=0)
-    fev, yev = extract_sweep(denoiser, eval_ds, cfg, rt, plan, dtype=dtype, stats=st_ev,
-                             desc=f"sweep features {d.eval_split} ({n_pass} fwd/batch)",
-                             stream_step=1)
-    extract_rate = (n_train + n_eval) / max(st_tr["seconds"] + st_ev["seconds"], 1e-9)
-
-    blrs = list(lp.lr_grid)
-    lrs = [scaled_lr(b, batch) for b in blrs]
-    log_path = run_dir / "eval" / f"{SWEEP_STEM}-train.jsonl"
-    log_path.unlink(missing_ok=True)
-    log = MetricsLog(run_dir / "eval", enabled=True, name=log_path.name)
-    fits: dict[Cell, dict] = {}
-    rates = []
-    for j, (t, noisy, k) in enumerate(plan.sets):
-        key = (t, noisy, k)
-        fit = select_and_fit(
-            ftr.pop(key), ytr, fev.pop(key), yev, cfg, rt, batch, blrs,
-            _Tagged(log, t=t, noisy=noisy, blocks=k),
-            desc=f"sweep heads {j + 1}/{len(plan.sets)} t={t} {'noisy' if noisy else 'clean'} k={k}")
-        rates.append(fit["train_rate"])
-        best = fit["best"]
-        fits[key] = {"top1": fit["top1"], "top5": fit["top5"], "best_blr": blrs[best],
-                     "lr": lrs[best], "selection": fit["selection"], "grid": fit["grid"]}
-    log.close()
-
-    cells = [{"table": table, "t": t, "noisy": noisy, "blocks": k, **fits[(t, noisy, k)]}
-             for table, (t, noisy, k) in plan.cells]
-    files = {ext: f"{SWEEP_STEM}.{ext}" for ext in ("json", "md", "png")}
-    rec = {
-        "encoder": lp.encoder, "mode": "fast", "cells": cells,
-        "plan": {"t_grid": plan.t_grid, "noisy_grid": plan.noisy_grid,
-                 "blocks_grid": plan.blocks_grid, "t0": plan.t0, "noisy0": plan.noisy0,
-                 "k0": plan.k0, "t_table": any(c[0] == "t" for c in plan.cells),
-                 "blocks_table": any(c[0] == "blocks" for c in plan.cells)},
-        "depth": denoiser.backbone.depth, "feat_dim": width, "topk": min(TOPK, d.num_classes),
-        "lr_grid": blrs, "select": lp.select, "holdout": lp.holdout,
-        "epochs": lp.epochs, "warmup_epochs": lp.warmup_epochs,
-        "batch_size": batch, "batch_size_requested": lp.batch_size,
-        "steps_per_epoch": n_train // batch, "weight_decay": lp.weight_decay,
-        "momentum": lp.momentum, "n_train": n_train, "n_eval": n_eval,
-        "train_split": d.train_split, "eval_split": d.eval_split, "num_classes": d.num_classes,
-        "seed": cfg.train.seed, "device": str(rt.device),
-        "feature_sets": len(plan.sets), "forwards_per_batch": n_pass,
-        "cache_dtype": str(dtype).removeprefix("torch."), "cache_gib": cache_gb,
-        "cache_budget_gib": lp.sweep_cache_gb,
-        "extract_img_per_s": extract_rate, "train_img_per_s": sum(rates) / max(len(rates), 1),
-        "paper_reference": PAPER_APP_A, "notes": notes, "files": files,
-    }
-    eval_dir = run_dir / "eval"
-    atomic_write_text(eval_dir / files["md"], sweep_markdown(rec))
-    sweep_figure(rec, eval_dir / files["png"])
-    rec["wall_s"] = time.perf_counter() - t_start
-    atomic_write_json(eval_dir / files["json"], rec)
-    return rec
-
-
-__all__ = ["run", "run_sweep", "sweep_plan", "extract_sweep", "extract_features", "encode",
-           "evaluate", "LinearProbe", "probe_blocks", "out_stem", "SweepPlan", "accuracy_counts"]
+__all__ = ["run", "extract_features", "encode", "LinearProbe", "probe_blocks", "out_stem"]

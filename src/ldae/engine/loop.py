@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from .. import checkpoint, dist
 from ..config import Config
@@ -139,6 +140,18 @@ class Result:
     wall: float = 0.0  # seconds of this process's loop
     wait: float = 0.0  # of which, waiting for batches
     preempted: LdaeError | None = None  # raise it once the caller closed its resources
+
+
+def load_weights(state: dict, model: nn.Module, opt: torch.optim.Optimizer, ema, ema_key: str) -> int:
+    """Put a checkpoint's model, optimizer and (when ``ema`` is not None) EMA weights in place;
+    return its step. ``ema_key`` names the setting that asked for an EMA (for the error)."""
+    model.load_state_dict(state["model"], strict=True)
+    opt.load_state_dict(state["optimizer"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise ConfigError(f"the checkpoint has no EMA weights but {ema_key} > 0.")
+        ema.load_state_dict(state["ema"])
+    return int(state["step"])
 
 
 def run_loop(loop: Loop, step_fn: Callable[[Any], torch.Tensor | None],

@@ -4,7 +4,7 @@ Every ``train.monitor_every`` steps the frozen encoder (the denoiser's first k b
 probe's fixed t and clean input, ``linprobe.t`` / ``linprobe.clean_input``) embeds two fixed sets
 of training-split images: a *bank* of ``train.monitor_bank`` images with their labels, and
 ``train.monitor_queries`` *queries* drawn from the linear probe's holdout share of the train split
-(``linprobe.holdout_split``): the validation split is never touched. Each query is classified by a
+(``splits.holdout_split``): the validation split is never touched. Each query is classified by a
 weighted vote of its k = 20 nearest bank features in cosine similarity, weight exp(sim / 0.07)
 (the kNN monitor of Wu et al. 2018, "Unsupervised feature learning via non-parametric instance
 discrimination", as DINO and solo-learn use it; SPEC §5) after standardising the features by the
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..data import to_float
 from ..seeds import STREAM_FIXED, generator, mix
+from .splits import holdout_split
 
 KNN_K = 20
 KNN_T = 0.07
@@ -52,8 +53,6 @@ class KnnMonitor:
     """The fixed bank and queries of one run (rank 0 only); ``__call__(denoiser)`` -> record."""
 
     def __init__(self, cfg, dataset, device: torch.device):
-        from .linprobe import holdout_split
-
         tr = cfg.train
         n = len(dataset)
         fit_idx, ho_idx = holdout_split(n, cfg)

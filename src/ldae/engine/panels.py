@@ -11,8 +11,15 @@ from types import SimpleNamespace
 from typing import Sequence
 
 import torch
+from torchvision.utils import make_grid
 
+from .. import plots  # module, not names: tests patch ldae.plots.image_grid
+from ..config import Space
+from ..data import build_dataset, to_float
+from ..diffusion.schedules import SCHEDULES, build_schedule
 from ..errors import ConfigError
+from ..tokenizers import load_tokenizer
+from .common import TOKENIZER_FILE, load_run, tokenizer_for
 
 SIGMA_FIG7 = math.sqrt(1.0 / 3.0)  # the paper's Fig. 7 (and the single-level l-DAE's sigma0)
 FIG7_IMAGES = 4  # rows of Fig. 7 (at most n_images)
@@ -27,9 +34,6 @@ class Skip(Exception):
 def run_tokenizer(cfg, run_dir: Path):
     """The run's tokenizer at the run's d: its own ``tokenizer.safetensors`` when present (a
     trajectory row keeps a copy), else what ``tokenizer.path`` names."""
-    from ..tokenizers import load_tokenizer
-    from .common import TOKENIZER_FILE, tokenizer_for
-
     own = Path(run_dir) / TOKENIZER_FILE
     if not own.is_file():
         tok = tokenizer_for(cfg, run_dir)
@@ -42,8 +46,6 @@ def run_tokenizer(cfg, run_dir: Path):
 
 def val_images(cfg, n: int, device, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` validation images (float, [-1, 1]) spread evenly over the val split, and labels."""
-    from ..data import build_dataset, to_float
-
     key = repr(cfg.data)
     if cache is None or key not in cache:
         ds = build_dataset(cfg, "val")
@@ -81,10 +83,7 @@ def spread_indices(labels: torch.Tensor | None, N: int, n: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------- Fig. 3
 def fig3_schedules(path: Path, T: int = 1000, sigma0: float = SIGMA_FIG7, mark: str | None = None
                    ) -> tuple[Path, str]:
-    from ..diffusion.objective import SCHEDULES, build_schedule
-    from ..plots import pyplot, save_png
-
-    plt = pyplot()
+    plt = plots.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.9), constrained_layout=True)
     styles = {"ddpm": "-", "linear_gamma2": "-", "sigma_linear": "--", "constant": ":"}
     t = torch.arange(T)
@@ -105,7 +104,7 @@ def fig3_schedules(path: Path, T: int = 1000, sigma0: float = SIGMA_FIG7, mark: 
     run = f"; this run: {mark}" if mark else ""
     fig.suptitle(r"Fig. 3: noise schedules, $z_t = \gamma_t z_0 + \sigma_t \epsilon$"
                  f" (constant: σ0 = {sigma0:.3f}){run}")
-    return save_png(fig, path), (f"Fig. 3: noise schedules at T={T}, γ_t² (left) and σ_t (right) against "
+    return plots.save_png(fig, path), (f"Fig. 3: noise schedules at T={T}, γ_t² (left) and σ_t (right) against "
                                  f"t{'; bold: this run (' + mark + ')' if mark else ''}.")
 
 
@@ -113,8 +112,6 @@ def fig3_schedules(path: Path, T: int = 1000, sigma0: float = SIGMA_FIG7, mark: 
 def fig4_filters(tok, path: Path, label: str, keep: int | None = None) -> tuple[Path, str]:
     """The first ``MAX_FILTERS`` encoder filters of ``tok`` as RGB tiles in rows of 8, each scaled
     to its own [min, max]; tiles past ``keep`` (the d a run uses) faded."""
-    from ..plots import image_grid, minmax01
-
     f = tok.filters()
     if f is None:
         raise Skip(f"the {tok.name} tokenizer has no encoder filters to draw")
@@ -137,13 +134,13 @@ def fig4_filters(tok, path: Path, label: str, keep: int | None = None) -> tuple[
         keep = None
     cols = min(8, n)
     rows = -(-n // cols)
-    tiles = [minmax01(f[i]) for i in range(n)]
+    tiles = [plots.minmax01(f[i]) for i in range(n)]
     cells = [[tiles[r * cols + c] if r * cols + c < n else None for c in range(cols)] for r in range(rows)]
     titles = [[f"#{r * cols + c + 1}" if r * cols + c < n else "" for c in range(cols)] for r in range(rows)]
     framed = [[keep is not None and keep < n and r * cols + c < keep for c in range(cols)] for r in range(rows)]
     title = (f"Fig. 4: {label}: {tok.name}, patch {tok.patch_size}x{tok.patch_size}x3 "
              f"(D = {tok.full_dim}){dtxt}\n{what}\neach tile scaled to its own [min, max]")
-    p = image_grid(cells, path, cell_titles=titles, title=title, tile_in=1.05, framed=framed, min_px=64)
+    p = plots.image_grid(cells, path, cell_titles=titles, title=title, tile_in=1.05, framed=framed, min_px=64)
     return p, f"Fig. 4: {label} ({tok.name}, patch {tok.patch_size}{dcap}): {what}."
 
 
@@ -166,8 +163,6 @@ def noise_panels(tok, x: torch.Tensor, sigma: float = SIGMA_FIG7,
 
 def fig7_noise(tok, x: torch.Tensor, path: Path, sigma: float = SIGMA_FIG7, seed: int = SEED,
                where: str = "") -> tuple[Path, str]:
-    from ..plots import image_grid, to_rgb01
-
     tok = tok.to(x.device).eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
     pan = noise_panels(tok, x, sigma, g)
@@ -176,14 +171,14 @@ def fig7_noise(tok, x: torch.Tensor, path: Path, sigma: float = SIGMA_FIG7, seed
     cols = ["clean x", "pixel noise\nx + σε", f"what {kind} d={tok.dim} keeps\ndecode(encode(x))",
             f"latent noise{'' if tok.name == 'pca' else ' through ' + tok.name}\ndecode(encode(x) + σε)"]
     order = ("clean", "pixel_noise", "latent_clean", "latent_noise")
-    cells = [[to_rgb01(pan[k][i]) for k in order] for i in range(x.shape[0])]
+    cells = [[plots.to_rgb01(pan[k][i]) for k in order] for i in range(x.shape[0])]
     pix_std = float((pan["pixel_noise"] - pan["clean"]).std())
     lat_std = float((pan["latent_noise"] - pan["latent_clean"]).std())
     title = (f"Fig. 7: pixel noise vs latent noise, σ = √(1/3) ≈ {sigma:.3f} in both\n"
              f"{where + ': ' if where else ''}{tok.name} d = {tok.dim} of D = {tok.full_dim}, patch {tok.patch_size}; "
              f"decode = {inv}\nnoise std in image space: pixel {pix_std:.3f}, latent {lat_std:.3f}\n"
              f"(images in [-1, 1], clipped for display)")
-    p = image_grid(cells, path, col_titles=cols, title=title, tile_in=1.75, min_px=128)
+    p = plots.image_grid(cells, path, col_titles=cols, title=title, tile_in=1.75, min_px=128)
     return p, (f"Fig. 7: clean / pixel noise x+σε / {kind} d={tok.dim} reconstruction / latent noise "
                f"{inv}(encode(x)+σε) (the l-DAE's input), σ = √(1/3), validation images.")
 
@@ -215,10 +210,10 @@ def denoise_panels(den, x: torch.Tensor, t: int, y: torch.Tensor | None = None,
     inp, b = den.noisy_input(x, tt, generator)
     gamma, sigma = den.schedule.coefficients(tt)
     zt = gamma[:, None, None] * b.z0 + sigma[:, None, None] * b.eps
-    noisy = tok.to_image(inp) if den.input_space == "image" else tok.to_image(tok.decode(zt))
-    raw = den.output_space == "image" if raw is None else raw
+    noisy = tok.to_image(inp) if den.input_space == Space.IMAGE else tok.to_image(tok.decode(zt))
+    raw = den.output_space == Space.IMAGE if raw is None else raw
     if raw:
-        if den.output_space != "image":
+        if den.output_space != Space.IMAGE:
             raise ValueError("raw output is an image only for diffusion.output_space=image")
         out = den.backbone(den.net_input(zt), den.schedule.t_cond(tt), y).float()
         denoised = tok.to_image(out)
@@ -237,12 +232,10 @@ class DenoisingPreview:
         self.x, y = val_images(cfg, n, device)
         self.y = y if cfg.model.class_cond else None
         self.steps, self.seed = default_steps(den.schedule), seed
-        self.raw = den.output_space == "image"
+        self.raw = den.output_space == Space.IMAGE
 
     @torch.no_grad()
     def grid(self, den) -> torch.Tensor:
-        from torchvision.utils import make_grid
-
         was = den.training
         den.eval()
         rows = [self.x]
@@ -261,9 +254,6 @@ class DenoisingPreview:
 
 def fig8_denoising(run_dir: Path, path: Path, t: Sequence[int] | None = None, n_images: int = 8,
                    device="cpu", cache: dict | None = None, seed: int = SEED) -> tuple[Path, str]:
-    from ..plots import image_grid, to_rgb01
-    from .common import load_run
-
     cfg, den = load_run(run_dir, use_ema=True, device=device)
     T = den.schedule.num_steps
     steps = list(t) if t else default_steps(den.schedule)
@@ -272,7 +262,7 @@ def fig8_denoising(run_dir: Path, path: Path, t: Sequence[int] | None = None, n_
         raise ConfigError(f"t = {bad} is outside 0..{T - 1} (diffusion.num_steps = {T}).")
     x, y = val_images(cfg, n_images, device, cache)
     y = y if cfg.model.class_cond else None
-    raw = den.output_space == "image"
+    raw = den.output_space == Space.IMAGE
     cols, per_t = ["clean"], []
     for s in steps:
         g = torch.Generator(device=x.device).manual_seed(seed * 100_003 + int(s))
@@ -283,7 +273,7 @@ def fig8_denoising(run_dir: Path, path: Path, t: Sequence[int] | None = None, n_
         else:
             coef = f"σ={sig:.2f}" if cfg.diffusion.schedule == "sigma_linear" else f"γ={gam:.2f}, σ={sig:.2f}"
             cols += [f"noisy input\nt={s} ({coef})", f"denoised\nt={s}"]
-    per_image = [[to_rgb01(x[i])] + [to_rgb01(p[k][i]) for p in per_t for k in ("noisy", "denoised")]
+    per_image = [[plots.to_rgb01(x[i])] + [plots.to_rgb01(p[k][i]) for p in per_t for k in ("noisy", "denoised")]
                  for i in range(x.shape[0])]
     group = max(1, 6 // len(cols))  # few columns (one t): several images side by side per row
     cells = [sum(per_image[i:i + group], []) for i in range(0, len(per_image), group)]
@@ -297,7 +287,7 @@ def fig8_denoising(run_dir: Path, path: Path, t: Sequence[int] | None = None, n_
              f"{d.schedule}, target {d.target}, input {d.input_space}, {cfg.tokenizer.name} "
              f"d = {cfg.tokenizer.dim}, {weights} weights{cond}\n"
              f"noise added in the latent; denoised = {how}\n(clipped to [-1, 1] for display)")
-    p = image_grid(cells, path, col_titles=cols, title=title, tile_in=1.2, min_px=96, fontsize=8.5)
+    p = plots.image_grid(cells, path, col_titles=cols, title=title, tile_in=1.2, min_px=96, fontsize=8.5)
     ts = ", ".join(str(s) for s in steps)
     return p, (f"Fig. 8: clean / noisy (the network's input) / denoised ({how}), t = {ts} of T = {T}, "
                f"{run_dir.name}, validation images.")

@@ -29,7 +29,7 @@ from ..config import Config
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..data.datasets import count_skipped, write_skip_log
 from ..diffusion.objective import Denoiser, build_denoiser
-from ..errors import EXIT_NONFINITE, ConfigError, LdaeError, NonFiniteLoss
+from ..errors import EXIT_NONFINITE, LdaeError, NonFiniteLoss
 from ..logging import MetricsLog
 from ..optim import EMA, build_adamw, set_lr, warmup_cosine
 from ..plots import training_curves
@@ -38,7 +38,9 @@ from ..seeds import STREAM_AUG, STREAM_NOISE, Rows, generator, pretrain_seed
 from ..tokenizers import Tokenizer
 from . import fit_tokenizer
 from .common import TOKENIZER_FILE, tokenizer_for, write_run_config
-from .loop import Loop, Plan, make_plan, nonfinite_error, resume, run_loop
+from .loop import Loop, Plan, load_weights, make_plan, nonfinite_error, resume, run_loop
+from .monitor import KnnMonitor
+from .panels import DenoisingPreview, Skip
 from .rundir import last_logged, prepare_run_dir
 
 SKIPPED_FILE = "skipped.jsonl"
@@ -117,13 +119,7 @@ class Trainer:
         return self.wall_before + time.perf_counter() - self.t_run
 
     def load(self, state: dict) -> None:
-        self.den.backbone.load_state_dict(state["model"], strict=True)
-        self.opt.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if not state.get("ema"):
-                raise ConfigError("the checkpoint has no EMA weights but optim.ema > 0.")
-            self.ema.load_state_dict(state["ema"])
-        self.step = int(state["step"])
+        self.step = load_weights(state, self.den.backbone, self.opt, self.ema, "optim.ema")
         self.skipped = [int(s) for s in state.get("nonfinite_skips", [])]
         self.wall_before = float(state.get("wall_seconds", 0.0))
 
@@ -210,11 +206,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     trainer = Trainer(cfg, den, plan, rt)
     trainer.out = out
     if rt.is_main:  # the header: what is about to run (the summary line comes at the end)
-        print(f"ldae pretrain: model {cfg.model.name} ({den.backbone.num_params() / 1e6:.2f} M "
-              f"parameters), {cfg.tokenizer.name} d = {cfg.tokenizer.dim}, {len(dataset):,} "
-              f"{cfg.data.train_split} images at {cfg.data.image_size} px, {plan.total_steps:,} "
-              f"steps of batch {cfg.optim.batch_size} ({cfg.optim.epochs:g} epochs), peak lr "
-              f"{plan.lr:.2e}, {rt.device} x {rt.world} -> {out}", file=sys.stderr, flush=True)
+        _print_header(cfg, den, len(dataset), plan, rt, out)
     log = MetricsLog(out, enabled=rt.is_main, tensorboard=cfg.train.tensorboard)
     resume(out, resume_arg, resume_from, rt, trainer, log)
     stop = plan.total_steps if max_steps is None else min(plan.total_steps, max_steps)
@@ -230,34 +222,10 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
                               start=trainer.step, num_workers=cfg.data.num_workers))
     augment = BatchAugment(cfg.data.crop, cfg.data.rrc_scale, cfg.data.hflip, cfg.data.image_size)
     B = cfg.optim.batch_size
-    monitor = None
-    if cfg.train.monitor_every > 0 and rt.is_main:
-        from .monitor import KnnMonitor
-
-        monitor = KnnMonitor(cfg, dataset, rt.device)
-    preview = None
-    if log.tb is not None:  # Fig. 8 in TensorBoard at each checkpoint
-        from .panels import DenoisingPreview, Skip
-
-        try:
-            preview = DenoisingPreview(cfg, den, rt.device)
-        except (LdaeError, Skip) as e:  # e.g. no val split: scalars only
-            print(f"warning: no denoising images in TensorBoard ({e})", file=sys.stderr)
+    monitor = KnnMonitor(cfg, dataset, rt.device) if cfg.train.monitor_every > 0 and rt.is_main else None
+    preview = _preview(cfg, den, rt) if log.tb is not None else None  # Fig. 8 in TensorBoard
     start_step = trainer.step
-
-    def step(batch) -> torch.Tensor | None:
-        xb, yb = batch
-        try:
-            return trainer.train_step(xb, yb, augment)
-        except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
-            if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
-                raise
-            print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
-            trainer.net = DDP(den.backbone) if rt.distributed else den.backbone
-            trainer.compiled = False
-            trainer.opt.zero_grad(set_to_none=True)
-            return trainer.train_step(xb, yb, augment)
-
+    step = _step_with_eager_fallback(trainer, augment, start_step)
     every = cfg.train.monitor_every
     loop = Loop(cfg, rt, guard, out, log, trainer, plan, stop, B, "pretrain",
                 "Lower optim.blr, enable optim.grad_clip, or check the data.",
@@ -271,13 +239,62 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     res = run_loop(loop, step, lambda: next(stream))
     log.close()
     rt.barrier()
-    last, wall, wait_run, preempted = res.last, res.wall, res.wait, res.preempted
+    if res.preempted is not None:
+        raise res.preempted
+    summary = _summary(trainer, plan, res, start_step, out, rt, skipped, monitor)
+    if rt.is_main:
+        checkpoint.atomic_write_json(out / "train_summary.json", summary)
+        training_curves(out)
+    return summary
+
+
+def _print_header(cfg: Config, den, n_images: int, plan: Plan, rt: dist.Runtime, out: Path) -> None:
+    print(f"ldae pretrain: model {cfg.model.name} ({den.backbone.num_params() / 1e6:.2f} M "
+          f"parameters), {cfg.tokenizer.name} d = {cfg.tokenizer.dim}, {n_images:,} "
+          f"{cfg.data.train_split} images at {cfg.data.image_size} px, {plan.total_steps:,} "
+          f"steps of batch {cfg.optim.batch_size} ({cfg.optim.epochs:g} epochs), peak lr "
+          f"{plan.lr:.2e}, {rt.device} x {rt.world} -> {out}", file=sys.stderr, flush=True)
+
+
+def _preview(cfg: Config, den, rt: dist.Runtime) -> DenoisingPreview | None:
+    """Fig. 8's denoising panel for TensorBoard at each checkpoint (None when it cannot be drawn)."""
+    try:
+        return DenoisingPreview(cfg, den, rt.device)
+    except (LdaeError, Skip) as e:  # e.g. no val split: scalars only
+        print(f"warning: no denoising images in TensorBoard ({e})", file=sys.stderr)
+        return None
+
+
+def _step_with_eager_fallback(trainer: Trainer, augment: BatchAugment, start_step: int):
+    """The loop's step function: one training step; if torch.compile fails on the run's first
+    step (it can on some platforms), continue in eager mode once."""
+    def step(batch) -> torch.Tensor | None:
+        xb, yb = batch
+        try:
+            return trainer.train_step(xb, yb, augment)
+        except Exception as e:  # torch.compile can fail on a platform: fall back to eager once
+            if not (trainer.compiled and trainer.step == start_step) or isinstance(e, LdaeError):
+                raise
+            print(f"torch.compile failed ({type(e).__name__}); continuing in eager mode", flush=True)
+            trainer.net = DDP(trainer.den.backbone) if trainer.rt.distributed else trainer.den.backbone
+            trainer.compiled = False
+            trainer.opt.zero_grad(set_to_none=True)
+            return trainer.train_step(xb, yb, augment)
+
+    return step
+
+
+def _summary(trainer: Trainer, plan: Plan, res, start_step: int, out: Path, rt: dist.Runtime,
+             skipped, monitor) -> dict:
+    """train_summary.json: the figures of the whole run. A resume (even one that finds the last
+    step already saved, as after a kill between the final checkpoint and this summary) adds to
+    the saved totals."""
+    den, B = trainer.den, trainer.cfg.optim.batch_size
+    last, wall, wait_run = res.last, res.wall, res.wait
     steps_run = trainer.step - start_step
-    # the figures of the whole run: a resume (even one that finds the last step already saved, as
-    # after a kill between the final checkpoint and this summary) adds to the saved totals
     wall_total = trainer.wall_seconds()
     logged = {} if last or not rt.is_main else last_logged(out / "metrics.jsonl")
-    summary = {"steps": trainer.step, "total_steps": plan.total_steps, "steps_this_run": steps_run,
+    return {"steps": trainer.step, "total_steps": plan.total_steps, "steps_this_run": steps_run,
                "epochs": round(trainer.step / plan.steps_per_epoch, 4), "images": trainer.step * B,
                "wall_seconds": round(wall_total, 2), "wall_seconds_this_run": round(wall, 2),
                "img_per_s": round(trainer.step * B / wall_total, 2) if wall_total > 0 else None,
@@ -290,12 +307,6 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
                "skipped_images": count_skipped(skipped) if skipped else 0,
                "knn_top1": last.get("knn_top1", logged.get("knn_top1")),
                "monitor_seconds": round(monitor.seconds, 2) if monitor is not None else None}
-    if preempted is not None:
-        raise preempted
-    if rt.is_main:
-        checkpoint.atomic_write_json(out / "train_summary.json", summary)
-        training_curves(out)
-    return summary
 
 
 __all__ = ["run", "Trainer", "Plan", "make_plan", "step_generator", "get_tokenizer", "note_skipped",

@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 from .. import checkpoint, dist
-from ..config import Config, diff_configs
+from ..config import Config, config_from_dict, diff_configs, resume_free_keys
 from ..errors import CheckpointError, ConfigError, LdaeError
+from ..logging import read_jsonl
 from .common import read_run_config
 
 
@@ -65,10 +66,7 @@ def prepare_run_dir(cfg: Config, out: Path, resume: str | None, force: bool, is_
     except ConfigError as e:
         saved = recover_run_config(out, resume, path, e, is_main)
     changed = diff_configs(cfg, saved)
-    ignorable = ("train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.tensorboard",
-                 "train.device", "train.threads", "train.on_nonfinite",
-                 "train.max_nonfinite_skips", "data.num_workers",
-                 "data.on_bad_image", "data.max_image_pixels", *ignore)
+    ignorable = (*resume_free_keys(), *ignore)
     changed = [c for c in changed if not c.startswith(ignorable)]
     if changed and not allow_changes:
         raise ConfigError(f"--resume: the config differs from the run's config.yaml in "
@@ -84,8 +82,6 @@ def recover_run_config(out: Path, resume: str, path: Path, why: ConfigError, is_
     """The config of a run whose config.yaml is missing or unreadable, from the checkpoint it
     resumes from (the newest that loads under ``--resume auto``); ``run`` rewrites config.yaml
     once the comparison with it has passed."""
-    from ..config import config_from_dict
-
     try:
         if resume == "auto":
             found = checkpoint.load_latest(out, set_aside=False, warn=lambda *a: None)
@@ -126,8 +122,6 @@ def load_resume_state(out: Path, resume: str | None, path: Path | None, rt: dist
 
 def last_logged(path: Path) -> dict:
     """The newest values of ``loss`` and ``knn_top1`` in a ``metrics.jsonl`` ({} if none)."""
-    from ..logging import read_jsonl
-
     found: dict = {}
     try:
         for rec in read_jsonl(path) if path.is_file() else []:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..checkpoint import atomic_path, atomic_write_json
 from ..config import Config
@@ -123,8 +124,6 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def save_grid(path: Path, images: np.ndarray, ncol: int) -> Path:
     """A PNG grid of uint8 (n, H, W, 3) images, 2 px white gutters."""
-    from PIL import Image
-
     n, H, W, _ = images.shape
     ncol = max(1, min(ncol, n))
     nrow = math.ceil(n / ncol)

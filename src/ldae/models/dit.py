@@ -73,11 +73,11 @@ class DiT(nn.Module):
     def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """(B, L, in_dim), t (B,) -> (B, L, out_dim)."""
-        c = self.condition(t, y)
-        x = self.embed(tokens)
+        c = self.condition(t, y)  # (B, W): timestep (+ class) embedding, modulates every block
+        x = self.embed(tokens)  # (B, L, W): tokens embedded, plus the fixed 2-D sin-cos positions
         for blk in self.blocks:
-            x = blk(x, c)
-        return self.final(x, c)
+            x = blk(x, c)  # (B, L, W): adaLN-Zero attention and MLP
+        return self.final(x, c)  # (B, L, out_dim): adaLN-modulated norm, then a Linear
 
     def forward_blocks(self, tokens: torch.Tensor, t: torch.Tensor, blocks: list[int],
                        y: torch.Tensor | None = None, pool: bool = True) -> list[torch.Tensor]:
@@ -85,31 +85,19 @@ class DiT(nn.Module):
         stops at the deepest one. Pooled to (B, W) by token average when ``pool``."""
         if not blocks or min(blocks) < 1 or max(blocks) > self.depth:
             raise ValueError(f"blocks must be in [1, {self.depth}], got {blocks}")
-        c = self.condition(t, y)
-        x = self.embed(tokens)
+        c = self.condition(t, y)  # (B, W)
+        x = self.embed(tokens)  # (B, L, W)
         out: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(blocks)], start=1):
-            x = blk(x, c)
+            x = blk(x, c)  # (B, L, W)
             if i in blocks:
-                out[i] = x.mean(dim=1) if pool else x
+                out[i] = x.mean(dim=1) if pool else x  # (B, W) token average, or (B, L, W)
         return [out[k] for k in blocks]
 
     def features(self, tokens: torch.Tensor, t: torch.Tensor, k: int | None = None,
                  y: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder feature: token average of block k's output (k = encoder depth by default)."""
         return self.forward_blocks(tokens, t, [k or self.encoder_blocks], y)[0]
-
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters in depth order: [embeddings], block 1, ..., block N, [final layer].
-        For layer-wise lr decay; trainers use this, never parameter names."""
-        emb = list(self.patch_embed.parameters()) + list(self.t_embed.parameters())
-        if self.y_embed is not None:
-            emb += list(self.y_embed.parameters())
-        return [emb] + [list(b.parameters()) for b in self.blocks] + [list(self.final.parameters())]
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of parameters exempt from weight decay: biases and embedding tables."""
-        return {n for n, p in self.named_parameters() if p.ndim < 2 or n.startswith("y_embed")}
 
     def num_params(self, per_token: bool = False) -> int:
         """Weights; ``per_token`` counts only those applied to every token (SPEC §8 FLOPs)."""

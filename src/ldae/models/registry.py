@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import need, register_check, register_choices
+
 
 @dataclass(frozen=True)
 class ModelSize:
@@ -40,3 +42,21 @@ def get_size(name: str) -> ModelSize:
     if name not in MODEL_SIZES:
         raise KeyError(f"unknown model size {name!r}; choices: {', '.join(MODEL_SIZES)}")
     return MODEL_SIZES[name]
+
+
+def check_depths(cfg) -> None:
+    """Every setting that counts blocks lies within the model's depth."""
+    m, lp, ft = cfg.model, cfg.linprobe, cfg.finetune
+    depth = MODEL_SIZES[m.name].depth
+    need(0 <= m.encoder_blocks <= depth,
+         f"model.encoder_blocks={m.encoder_blocks} must be in [0, {depth}] for model {m.name} "
+         "(0 = half the depth).")
+    need(0 <= lp.blocks <= depth, f"linprobe.blocks={lp.blocks} must be in [0, {depth}].")
+    need(all(1 <= v <= depth for v in lp.sweep_blocks),
+         f"linprobe.sweep_blocks={list(lp.sweep_blocks)} must hold encoder depths in [1, {depth}] "
+         f"(model {m.name} has {depth} blocks).")
+    need(0 <= ft.blocks <= depth, f"finetune.blocks={ft.blocks} must be in [0, {depth}].")
+
+
+register_choices("model.name", lambda: list(MODEL_SIZES))
+register_check("model", check_depths)

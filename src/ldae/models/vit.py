@@ -22,9 +22,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from ..checkpoint import load_tensor_file
 from ..errors import CheckpointError, ConfigError
 
 EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"
@@ -111,8 +115,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"vit.weights={path}: no such file. Give a local checkpoint "
                           "(.safetensors or a torch file); ldae never downloads weights.")
-    from ..checkpoint import load_tensor_file
-
     sd = load_tensor_file(path)
     if isinstance(sd, dict):
         for key in ("model_ema", "state_dict_ema", "state_dict", "model"):
@@ -158,9 +160,6 @@ def load_vit(source: str, weights: str = "", image_size: int | None = None,
     LayerNorm after the pool; a timm model keeps its own pooling and norms); ``drop_path`` sets timm's stochastic depth; ``new_head`` allows the head/fc_norm to be
     absent from the weights (fine-tuning). ``image_size`` must match an export's; a timm model is
     built at it (the position embedding resampled by timm)."""
-    import timm
-    from safetensors.torch import load_file
-
     if source.startswith(TIMM_PREFIX):
         name = source[len(TIMM_PREFIX):]
         if not timm.is_model(name):
@@ -180,8 +179,6 @@ def load_vit(source: str, weights: str = "", image_size: int | None = None,
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
             raise ConfigError(f"vit.source={source} is not a ViT (no patch_embed/blocks).")
         sd = read_state_dict(weights)
-        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
-
         if isinstance(model, VisionTransformer):
             try:
                 sd = checkpoint_filter_fn(sd, model)
@@ -221,8 +218,6 @@ def build_vit(kwargs: dict, num_classes: int = 0, head_norm: bool = False,
               drop_path: float = 0.0) -> nn.Module:
     """timm VisionTransformer from an export's keywords, optionally with a classifier head
     (MAE's fine-tuning form: average pool -> LayerNorm -> Linear when ``head_norm``)."""
-    from timm.models.vision_transformer import VisionTransformer
-
     kw = dict(kwargs, num_classes=num_classes, drop_path_rate=drop_path)
     if head_norm and num_classes:  # timm builds fc_norm only with final_norm (norm stays Identity)
         kw.update(final_norm=True, fc_norm=True)

@@ -1,7 +1,8 @@
 """Tokenizers behind one interface (SPEC §4). ``TOKENIZERS`` maps config names to classes."""
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..config import register_check, register_choices
+from ..errors import CheckpointError, ConfigError, shown
 from .base import FitData, Tokenizer, patchify, unpatchify
 from .conv_vae import ConvVAETokenizer
 from .pca import PCATokenizer
@@ -11,6 +12,20 @@ from .pixel import PixelTokenizer
 TOKENIZERS: dict[str, type[Tokenizer]] = {
     "pca": PCATokenizer, "patch_ae": PatchAETokenizer, "patch_vae": PatchVAETokenizer,
     "pixel": PixelTokenizer, "conv_vae": ConvVAETokenizer}
+
+
+def check_config(cfg) -> None:
+    """The named tokenizer's own checks (``Tokenizer.check_config``)."""
+    tk = cfg.tokenizer
+    try:
+        TOKENIZERS[tk.name].check_config(cfg)
+    except OSError as e:  # a path check on a name the OS refuses (e.g. too long)
+        raise ConfigError(f"tokenizer.name={tk.name}: a path setting cannot be checked "
+                          f"({shown(e, 200)}); give an existing file.") from None
+
+
+register_choices("tokenizer.name", lambda: sorted(TOKENIZERS))
+register_check("tokenizer", check_config)
 
 
 def build_tokenizer(cfg) -> Tokenizer:

@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..checkpoint import atomic_path
+from ..errors import CheckpointError, ConfigError
 from ..seeds import generator, mix
 
 
@@ -52,11 +54,25 @@ class FitData:
 class Tokenizer(nn.Module):
     """Common interface (SPEC §4). Subclasses set ``name`` and implement
     ``from_config``, ``fit_data``, ``encode`` and ``decode``; ``meta()`` holds the constructor
-    keywords, so ``load_tokenizer`` rebuilds any tokenizer from its file without running code."""
+    keywords, so ``load_tokenizer`` rebuilds any tokenizer from its file without running code.
+
+    Capabilities, for callers that need more than encode/decode (ask these, never the name):
+
+    - ``full_basis`` (class attribute): the tokenizer keeps a full-rank orthonormal D x D basis
+      of image tokens whose first d directions are what it encodes; ``project_full`` gives
+      coordinates in that basis, ``decode`` maps a (noisy) latent to pixels and ``with_dim``
+      serves any d from one fit. Image-space input/output and Eq. 4's loss need it
+      (``check_config``). PCA.
+    - ``linear_map()``: (W, b) when encode is one affine map of each patch, else None.
+    - ``projection_map()``: (A, a) when decode(encode(.)) is one affine map of each patch, else
+      None. ``ldae export`` folds these two into a timm ViT's patch embedding.
+    """
 
     name = "base"
     #: whether ``fit_data`` trains by gradient descent (True) or is closed-form (PCA, pixel)
     trained = False
+    #: a full-rank basis behind ``project_full`` (see the class docstring); PCA only
+    full_basis = False
 
     def __init__(self, patch_size: int, dim: int, channels: int = 3):
         super().__init__()
@@ -76,7 +92,17 @@ class Tokenizer(nn.Module):
     @classmethod
     def check_config(cls, cfg) -> None:
         """Cross-field checks of a full ``Config`` for this tokenizer; raise ``ConfigError`` with a
-        message naming the keys and the fix. Called by ``config.validate`` before any work."""
+        message naming the keys and the fix. Called by ``config.validate`` before any work.
+        Subclasses extend it and call ``super().check_config(cfg)`` first. The rule every
+        tokenizer shares: image-space diffusion input/output needs ``full_basis``."""
+        dz = cfg.diffusion
+        if not (cls.full_basis or dz.input_space == "latent" and dz.output_space == "latent"):
+            raise ConfigError(
+                "diffusion.input_space/output_space=image needs a tokenizer with a full basis "
+                "(Tokenizer.full_basis, as the PCA tokenizer has: its inverse PCA maps the noisy "
+                "latent to pixels and Eq. 4 needs its full basis); "
+                f"tokenizer.name={cfg.tokenizer.name} has none and works in latent space only: set "
+                "diffusion.input_space=latent diffusion.output_space=latent.")
 
     @classmethod
     def from_config(cls, cfg) -> "Tokenizer":
@@ -111,8 +137,23 @@ class Tokenizer(nn.Module):
         return self.decode(self.encode(x))
 
     def project_full(self, r: torch.Tensor) -> torch.Tensor:
-        """Residual coordinates in the tokenizer's full image-token basis (pixels by default)."""
+        """Residual coordinates in the tokenizer's full image-token basis (pixels by default;
+        a basis tied to the latent only where ``full_basis``)."""
         return r
+
+    def linear_map(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W, b), W (d, D) and b (d,) on the tokenizer's device, with
+        ``encode(x) == to_tokens(x) @ W.T + b`` (up to float rounding) when the encoder is one
+        affine map of each image token on its own; None when it is not (a conv net, a resize
+        across patches). ``ldae export`` folds it into a latent-input encoder's patch embedding."""
+        return None
+
+    def projection_map(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, a), A (D, D) and a (D,) on the tokenizer's device, with
+        ``project(x) == to_tokens(x) @ A.T + a`` (up to float rounding) when decode(encode(.))
+        is one affine map of each image token on its own; None otherwise. ``ldae export`` folds
+        it for ``clean_input=projected``."""
+        return None
 
     def meta(self) -> dict:
         return {"name": self.name, "patch_size": self.patch_size, "dim": self.dim,
@@ -120,16 +161,12 @@ class Tokenizer(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Atomic safetensors write of the buffers plus ``meta()`` as JSON metadata."""
-        from ..checkpoint import atomic_path
-
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"ldae_tokenizer": json.dumps(self.meta())})
 
     @staticmethod
     def read(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"tokenizer file {path} does not exist; fit one with "

@@ -3,20 +3,8 @@ Tab. 1, Tab. 2 "conv. VAE"; SPEC §4).
 
 Architecture: LDM's KL autoencoder (Rombach et al. 2022) in diffusers' ``AutoencoderKL`` layout,
 with parameter names identical to diffusers' state dict, so a diffusers safetensors file loads
-with a strict ``load_state_dict``:
-
-    encoder: conv_in -> per level [res_blocks x ResnetBlock (+ stride-2 Downsample but at the
-             last level)] -> mid (ResnetBlock, single-head self-attention, ResnetBlock)
-             -> GroupNorm, SiLU, conv_out to 2c channels;  quant_conv (1x1) -> (mu, log sigma^2)
-    decoder: post_quant_conv (1x1) -> conv_in -> mid -> per level, deepest first,
-             [(res_blocks + 1) x ResnetBlock (+ nearest x2 upsample, conv) but at the last]
-             -> GroupNorm, SiLU, conv_out to 3 channels
-
-ResnetBlock = GroupNorm(eps 1e-6), SiLU, conv3x3, GroupNorm, SiLU, (dropout 0), conv3x3, plus a
-1x1 shortcut when the width changes. A stride s = 2^k needs k + 1 levels with channel multipliers
-(1, 2, 4, 4) truncated or extended with 4s (s = 8: LDM's f8 = (1, 2, 4, 4)); base width =
-``tokenizer.width``. GroupNorm uses 32 groups like diffusers when every width is a multiple of 32;
-narrower nets (width < 32, for CPU tests) use gcd(width, 32) groups, which divides every width.
+with a strict ``load_state_dict``; the networks and the reading of diffusers files are in
+``conv_vae_nets.py`` (its docstring gives the layout).
 
 Tokens (paper footnote 3, DiT's layout): the latent is (B, c, H/s, W/s); a token is a 2 x 2
 patch of latents flattened as (c, 2, 2), so d = 4c and L = (H/2s)(W/2s), the token grid of a
@@ -51,156 +39,25 @@ loss; diffusers for the parameter layout.
 """
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .base import Tokenizer, patchify, unpatchify
-from .losses import adaptive_weight, hinge_d_loss, hinge_g_loss
+from ..logging import progress
+from .base import FitData, Tokenizer, patchify, unpatchify
+from .conv_vae_nets import (Decoder, Encoder, channel_mults, default_groups,
+                            modern_attention_names, pretrained_arch, resolve_pretrained)
+from .fitting import StepLoop, StepStats, skip, warmup_cosine_lr, warmup_steps
+from .losses import (NLayerDiscriminator, PerceptualLoss, adaptive_weight, disc_layers_for,
+                     hinge_d_loss, hinge_g_loss)
 
-EPS = 1e-6  # GroupNorm eps of LDM / diffusers
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def channel_mults(levels: int) -> tuple[int, ...]:
-    """LDM's (1, 2, 4, 4) cut to ``levels`` entries, or extended with 4s."""
-    base = (1, 2, 4, 4)
-    return base[:levels] if levels <= 4 else base + (4,) * (levels - 4)
-
-
-def default_groups(widths: list[int] | tuple[int, ...]) -> int:
-    """32 (diffusers) when every width is a multiple of 32, else gcd(32, widths)."""
-    return math.gcd(32, *widths)
-
-
-# ---------------------------------------------------------------- building blocks (diffusers names)
-class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, groups: int):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=EPS)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=EPS)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))  # dropout 0
-        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
-
-
-class Attention(nn.Module):
-    """Single-head self-attention over the H W positions, with a residual (LDM's AttnBlock)."""
-
-    def __init__(self, ch: int, groups: int):
-        super().__init__()
-        self.group_norm = nn.GroupNorm(groups, ch, eps=EPS)
-        self.to_q, self.to_k, self.to_v = nn.Linear(ch, ch), nn.Linear(ch, ch), nn.Linear(ch, ch)
-        self.to_out = nn.ModuleList([nn.Linear(ch, ch), nn.Dropout(0.0)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.group_norm(x).reshape(B, C, H * W).transpose(1, 2)
-        h = F.scaled_dot_product_attention(self.to_q(h), self.to_k(h), self.to_v(h))
-        h = self.to_out[0](h)
-        return x + h.transpose(1, 2).reshape(B, C, H, W)
-
-
-class MidBlock(nn.Module):
-    def __init__(self, ch: int, groups: int):
-        super().__init__()
-        self.attentions = nn.ModuleList([Attention(ch, groups)])
-        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups), ResnetBlock(ch, ch, groups)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
-
-
-class Downsample(nn.Module):
-    """Asymmetric zero pad (right, bottom) then a stride-2 3x3 conv (LDM)."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-class DownBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, n: int, groups: int, down: bool):
-        super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n)])
-        self.downsamplers = nn.ModuleList([Downsample(cout)]) if down else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for r in self.resnets:
-            x = r(x)
-        return self.downsamplers[0](x) if self.downsamplers is not None else x
-
-
-class UpBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, n: int, groups: int, up: bool):
-        super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(n)])
-        self.upsamplers = nn.ModuleList([Upsample(cout)]) if up else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for r in self.resnets:
-            x = r(x)
-        return self.upsamplers[0](x) if self.upsamplers is not None else x
-
-
-class Encoder(nn.Module):
-    def __init__(self, cin: int, widths: list[int], layers: int, latent: int, groups: int):
-        super().__init__()
-        self.conv_in = nn.Conv2d(cin, widths[0], 3, padding=1)
-        self.down_blocks = nn.ModuleList(
-            DownBlock(widths[max(i - 1, 0)], w, layers, groups, down=i < len(widths) - 1)
-            for i, w in enumerate(widths))
-        self.mid_block = MidBlock(widths[-1], groups)
-        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=EPS)
-        self.conv_out = nn.Conv2d(widths[-1], 2 * latent, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for b in self.down_blocks:
-            h = b(h)
-        h = self.mid_block(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
-
-
-class Decoder(nn.Module):
-    def __init__(self, latent: int, widths: list[int], layers: int, cout: int, groups: int):
-        super().__init__()
-        rev = list(reversed(widths))
-        self.conv_in = nn.Conv2d(latent, rev[0], 3, padding=1)
-        self.mid_block = MidBlock(rev[0], groups)
-        self.up_blocks = nn.ModuleList(
-            UpBlock(rev[max(i - 1, 0)], w, layers + 1, groups, up=i < len(rev) - 1)
-            for i, w in enumerate(rev))
-        self.conv_norm_out = nn.GroupNorm(groups, widths[0], eps=EPS)
-        self.conv_out = nn.Conv2d(widths[0], cout, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid_block(self.conv_in(z))
-        for b in self.up_blocks:
-            h = b(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+LDM_BETAS = (0.5, 0.9)  # AdamW betas of LDM's autoencoder and discriminator
 
 
 def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -208,90 +65,20 @@ def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
 
 
-# ---------------------------------------------------------------- pretrained files
-def _resolve_pretrained(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        cand = p / DIFFUSERS_WEIGHTS
-        if not cand.is_file():
-            found = sorted(p.glob("*.safetensors"))
-            if len(found) != 1:
-                raise CheckpointError(f"{p} holds no single safetensors file (expected "
-                                      f"{DIFFUSERS_WEIGHTS}, diffusers' AutoencoderKL layout).")
-            cand = found[0]
-        return cand
-    if not p.is_file():
-        raise CheckpointError(f"pretrained autoencoder {p} does not exist (tokenizer.pretrained).")
-    return p
+@dataclass
+class _Fit:
+    """What every training step of one conv_vae fit uses."""
+    tcfg: Any  # the TokenizerConfig
+    device: torch.device
+    noise: torch.Generator  # the posterior samples z = mu + sigma eps
+    perceptual: PerceptualLoss | None = None
+    opt: torch.optim.Optimizer | None = None
+    disc: nn.Module | None = None  # VQGAN's patch discriminator (tokenizer.adversarial)
+    d_opt: torch.optim.Optimizer | None = None
+    adv_from: int = 0  # the first step with the adversarial term
 
-
-def pretrained_arch(path: str | Path) -> dict:
-    """Architecture of a diffusers-layout KL autoencoder file, from the ``config.json`` beside it
-    if there is one, else from the tensor shapes (read from the header only): keys
-    block_out_channels, res_blocks, latent_channels, in_channels, norm_groups, scaling_factor."""
-    from safetensors import safe_open
-
-    file = _resolve_pretrained(path)
-    try:
-        with safe_open(str(file), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:
-        raise CheckpointError(f"cannot read pretrained autoencoder {file}: {e}") from None
-    try:
-        widths, i = [], 0
-        while f"encoder.down_blocks.{i}.resnets.0.conv2.weight" in shapes:
-            widths.append(shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0])
-            i += 1
-        layers = 0
-        while f"encoder.down_blocks.0.resnets.{layers}.conv1.weight" in shapes:
-            layers += 1
-        arch = {"block_out_channels": widths, "res_blocks": layers,
-                "latent_channels": shapes["post_quant_conv.weight"][0],
-                "in_channels": shapes["encoder.conv_in.weight"][1],
-                "norm_groups": default_groups(widths),
-                "scaling_factor": None}
-    except KeyError as e:
-        raise CheckpointError(f"{file} is not a diffusers AutoencoderKL state dict (no {e}).") from None
-    if not widths or not layers:
-        raise CheckpointError(f"{file} is not a diffusers AutoencoderKL state dict "
-                              "(no encoder.down_blocks.*).")
-    cfg_file = file.parent / "config.json"
-    if cfg_file.is_file():
-        c = json.loads(cfg_file.read_text())
-        bad = [k for k, ok in (("use_quant_conv", c.get("use_quant_conv", True)),
-                               ("use_post_quant_conv", c.get("use_post_quant_conv", True)),
-                               ("mid_block_add_attention", c.get("mid_block_add_attention", True)),
-                               ("act_fn", c.get("act_fn", "silu") == "silu"),
-                               ("shift_factor", c.get("shift_factor") in (None, 0, 0.0)))
-               if not ok]
-        if bad:
-            raise CheckpointError(f"{cfg_file}: this AutoencoderKL variant ({', '.join(bad)}) is "
-                                  "not LDM's KL autoencoder; conv_vae loads the SD / LDM f8 layout only.")
-        arch.update(block_out_channels=list(c.get("block_out_channels", widths)),
-                    res_blocks=int(c.get("layers_per_block", layers)),
-                    latent_channels=int(c.get("latent_channels", arch["latent_channels"])),
-                    in_channels=int(c.get("in_channels", arch["in_channels"])),
-                    norm_groups=int(c.get("norm_num_groups", 32)),
-                    scaling_factor=c.get("scaling_factor"))
-    return arch
-
-
-_LEGACY_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.",
-                     ".proj_attn.": ".to_out.0."}
-
-
-def _modern_attention_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Files written by diffusers < 0.14 name the mid-block attention query/key/value/proj_attn;
-    rename to to_q/to_k/to_v/to_out.0 (and flatten 1x1-conv attention weights to Linear)."""
-    out = {}
-    for k, v in sd.items():
-        if ".attentions." in k:
-            for old, new in _LEGACY_ATTENTION.items():
-                k = k.replace(old, new)
-            if k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) and v.ndim == 4:
-                v = v[:, :, 0, 0]
-        out[k] = v
-    return out
+    def adversarial_at(self, step: int) -> bool:
+        return self.disc is not None and step >= self.adv_from
 
 
 # ---------------------------------------------------------------- the tokenizer
@@ -329,6 +116,7 @@ class ConvVAETokenizer(Tokenizer):
 
     @classmethod
     def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
         tk, p = cfg.tokenizer, cfg.model.patch_size
         s = cls.effective_stride(cfg)
         if s < 1 or s & (s - 1) or 2 * s != p:
@@ -425,11 +213,9 @@ class ConvVAETokenizer(Tokenizer):
     def load_pretrained_weights(self, path: str | Path) -> str:
         """Strict load of a diffusers state dict into this architecture; returns where ``scale``
         came from ("config" or "unset")."""
-        from safetensors.torch import load_file
-
-        file = _resolve_pretrained(path)
+        file = resolve_pretrained(path)
         arch = pretrained_arch(path)
-        sd = _modern_attention_names(load_file(str(file)))
+        sd = modern_attention_names(load_file(str(file)))
         sf = arch["scaling_factor"]
         sd["scale"] = torch.tensor(float(sf) if sf else 1.0)
         try:
@@ -472,124 +258,121 @@ class ConvVAETokenizer(Tokenizer):
         self.scale.fill_(1.0)
         self.to(device)
 
-    def fit_data(self, data, tcfg, generator: torch.Generator | None = None,
+
+    def fit_data(self, data: FitData, tcfg, generator: torch.Generator | None = None,
                  show: bool = True) -> dict:
         """Train from a fresh initialisation drawn from ``generator`` (or, with
         ``tcfg.pretrained``, load that file instead), then measure ``scale``. Statistics:
         recon_l1 / kl / loss (and perceptual, g_loss, d_loss, adv_lambda when on) averaged over
         the last epoch's steps, recon_l1_init / recon_l1_eval (posterior-mean reconstruction on
         the scale batches before / after), scale, steps."""
-        from ..logging import progress
-
-        device = data.device
         if tcfg.pretrained:
-            self.to(device)
-            src = self.load_pretrained_weights(tcfg.pretrained)
-            stats: dict = {"pretrained": str(tcfg.pretrained), "steps": 0}
-            self.eval()
-            scale, rec = self.measure_scale(data.batches(tcfg.fit_batch, 0, shuffle=False))
-            if src == "config":  # keep the published factor; report what the data say
-                stats["scale_measured"] = scale
-                self.scale.fill_(float(pretrained_arch(tcfg.pretrained)["scaling_factor"]))
-            stats.update(scale=float(self.scale), scale_source=src if src == "config" else "measured",
-                         recon_l1_eval=rec)
-            return stats
-
+            return self._fit_pretrained(data, tcfg)
         g = generator if generator is not None else torch.Generator().manual_seed(0)
+        # three seeds, in this order: the weights, the posterior noise, the discriminator
         seeds = torch.randint(0, 2 ** 62, (3,), generator=g).tolist()
         self._fresh_init(seeds[0])
-        noise_gen = torch.Generator(device).manual_seed(seeds[1])
-        self.to(device).eval()
+        fit = _Fit(tcfg, data.device, torch.Generator(data.device).manual_seed(seeds[1]))
+        self.to(data.device).eval()
         _, rec_init = self.measure_scale(data.batches(tcfg.fit_batch, 0, shuffle=False))
         self.train()
-
-        perceptual = None
         if tcfg.perceptual:
-            from .losses import PerceptualLoss
-
-            perceptual = PerceptualLoss.from_file(tcfg.perceptual_weights).to(device)
-        disc = d_opt = None
+            fit.perceptual = PerceptualLoss.from_file(tcfg.perceptual_weights).to(data.device)
         steps_per_epoch = math.ceil(data.n / tcfg.fit_batch)
         total = max(1, round(tcfg.fit_epochs * steps_per_epoch))
-        adv_from = math.ceil(tcfg.adv_start * total)
+        fit.adv_from = math.ceil(tcfg.adv_start * total)
         if tcfg.adversarial:
-            from .losses import NLayerDiscriminator, disc_layers_for
-
-            first = next(iter(data.batches(1, 0, shuffle=False)))
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(seeds[2])
-                disc = NLayerDiscriminator(self.channels, 64, disc_layers_for(min(first.shape[-2:])))
-            disc = disc.to(device).train()
-            d_opt = torch.optim.AdamW(disc.parameters(), lr=tcfg.fit_lr, betas=(0.5, 0.9),
-                                      weight_decay=0.0)
-        opt = torch.optim.AdamW(self.parameters(), lr=tcfg.fit_lr, betas=(0.5, 0.9), weight_decay=0.0)
-        warmup = max(1, round(0.05 * total))
-        last = self.decoder.conv_out.weight
-
-        sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
-        counts: dict[str, int] = {}
-        last_epoch_from = max(0, total - steps_per_epoch)  # statistics over the last epoch's steps
-
-        def log(k: str, v: torch.Tensor, step: int) -> None:
-            if step >= last_epoch_from:
-                sums[k] = sums[k] + v.detach() if k in sums else v.detach().float().clone()
-                counts[k] = counts.get(k, 0) + 1
-
-        bar = progress(int(round(tcfg.fit_epochs * data.n)), f"fit {self.name} tokenizer", enabled=show)
-        step, epoch = 0, 0
-        while step < total:
-            for x in data.batches(tcfg.fit_batch, epoch):
-                if step >= total:
-                    break
-                lr = (tcfg.fit_lr * (step + 1) / warmup if step < warmup else
-                      tcfg.fit_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-                for o in (opt, d_opt):
-                    if o is not None:
-                        for grp in o.param_groups:
-                            grp["lr"] = lr
-                B = x.shape[0]
-                mean, logvar = self.moments(x)
-                eps = torch.randn(mean.shape, device=device, generator=noise_gen)
-                rec = self.decode_latent(mean + (0.5 * logvar).exp() * eps)
-                l1 = (x - rec).abs()
-                nll = l1.sum() / B
-                if perceptual is not None:
-                    p = perceptual(x, rec)
-                    nll = nll + tcfg.perceptual_weight * p.sum() * l1[0].numel() / B
-                    log("perceptual", p.mean(), step)
-                kl = kl_standard_normal(mean, logvar).mean()
-                loss = nll + tcfg.kl_weight * kl
-                adv = disc is not None and step >= adv_from
-                if adv:
-                    disc.requires_grad_(False)
-                    g_loss = hinge_g_loss(disc(rec))
-                    lam = adaptive_weight(nll, g_loss, last) * tcfg.adv_weight
-                    loss = loss + lam * g_loss
-                    log("g_loss", g_loss.detach(), step)
-                    log("adv_lambda", lam, step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if adv:
-                    disc.requires_grad_(True)
-                    d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-                    d_opt.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    d_opt.step()
-                    log("d_loss", d_loss.detach(), step)
-                log("recon_l1", l1.detach().mean(), step)
-                log("kl", kl.detach(), step)
-                log("loss", loss.detach(), step)
-                step += 1
-                bar.update(B)
-            epoch += 1
-        bar.close()
+            self._add_discriminator(fit, data, seeds[2])
+        fit.opt = torch.optim.AdamW(self.parameters(), lr=tcfg.fit_lr, betas=LDM_BETAS,
+                                    weight_decay=0.0)
+        stats, steps = self._train(fit, data, total, steps_per_epoch, show)
         self.eval()
         scale, rec_eval = self.measure_scale(data.batches(tcfg.fit_batch, 0, shuffle=False))
-        stats = {k: float(sums[k]) / counts[k] for k in sums}
         stats.update(scale=scale, scale_source="measured", recon_l1_init=rec_init,
-                     recon_l1_eval=rec_eval, steps=step,
-                     adv_start_step=adv_from if disc is not None else None)
+                     recon_l1_eval=rec_eval, steps=steps,
+                     adv_start_step=fit.adv_from if fit.disc is not None else None)
         return stats
 
-__all__ = ["ConvVAETokenizer", "kl_standard_normal", "pretrained_arch", "channel_mults"]
+    def _fit_pretrained(self, data: FitData, tcfg) -> dict:
+        """``tcfg.pretrained``: load that file, then measure the scale (keeping the file's
+        ``scaling_factor`` when its config.json gives one, reporting the measured one too)."""
+        self.to(data.device)
+        src = self.load_pretrained_weights(tcfg.pretrained)
+        stats: dict = {"pretrained": str(tcfg.pretrained), "steps": 0}
+        self.eval()
+        scale, rec = self.measure_scale(data.batches(tcfg.fit_batch, 0, shuffle=False))
+        if src == "config":  # keep the published factor; report what the data say
+            stats["scale_measured"] = scale
+            self.scale.fill_(float(pretrained_arch(tcfg.pretrained)["scaling_factor"]))
+        stats.update(scale=float(self.scale), scale_source=src if src == "config" else "measured",
+                     recon_l1_eval=rec)
+        return stats
+
+    def _add_discriminator(self, fit: _Fit, data: FitData, seed: int) -> None:
+        """VQGAN's patch discriminator, initialised from ``seed`` (the global RNG is left as it
+        was), its depth fitted to the image size, and its own AdamW."""
+        first = next(iter(data.batches(1, 0, shuffle=False)))
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            disc = NLayerDiscriminator(self.channels, 64, disc_layers_for(min(first.shape[-2:])))
+        fit.disc = disc.to(fit.device).train()
+        fit.d_opt = torch.optim.AdamW(fit.disc.parameters(), lr=fit.tcfg.fit_lr, betas=LDM_BETAS,
+                                      weight_decay=0.0)
+
+    def _train(self, fit: _Fit, data: FitData, total: int, steps_per_epoch: int,
+               show: bool) -> tuple[dict, int]:
+        """``total`` optimiser steps; returns (statistics averaged over the last epoch's steps,
+        steps taken)."""
+        tc = fit.tcfg
+        warmup = warmup_steps(total)
+        loop = StepLoop(total, lambda step: warmup_cosine_lr(tc.fit_lr, step, total, warmup))
+        stats, window_from = StepStats(), max(0, total - steps_per_epoch)
+        bar = progress(int(round(tc.fit_epochs * data.n)), f"fit {self.name} tokenizer", enabled=show)
+        for batches in loop.epochs(data, tc.fit_batch, bar):
+            for x in batches:
+                loop.set_lr(fit.opt, fit.d_opt)
+                log = stats.add if loop.step >= window_from else skip
+                self._train_step(x, fit, fit.adversarial_at(loop.step), log)
+                loop.step += 1
+        bar.close()
+        return stats.means(), loop.step
+
+    def _train_step(self, x: torch.Tensor, fit: _Fit, adversarial: bool, log) -> None:
+        """One step of the autoencoder's loss (module docstring) on the batch ``x``; with
+        ``adversarial``, the generator term and then one discriminator step."""
+        tc, B = fit.tcfg, x.shape[0]
+        mean, logvar = self.moments(x)
+        eps = torch.randn(mean.shape, device=fit.device, generator=fit.noise)
+        rec = self.decode_latent(mean + (0.5 * logvar).exp() * eps)
+        l1 = (x - rec).abs()
+        nll = l1.sum() / B
+        if fit.perceptual is not None:
+            p = fit.perceptual(x, rec)
+            nll = nll + tc.perceptual_weight * p.sum() * l1[0].numel() / B
+            log("perceptual", p.mean())
+        kl = kl_standard_normal(mean, logvar).mean()
+        loss = nll + tc.kl_weight * kl
+        if adversarial:
+            fit.disc.requires_grad_(False)
+            g_loss = hinge_g_loss(fit.disc(rec))
+            lam = adaptive_weight(nll, g_loss, self.decoder.conv_out.weight) * tc.adv_weight
+            loss = loss + lam * g_loss
+            log("g_loss", g_loss.detach())
+            log("adv_lambda", lam)
+        fit.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.opt.step()
+        if adversarial:
+            fit.disc.requires_grad_(True)
+            d_loss = hinge_d_loss(fit.disc(x), fit.disc(rec.detach()))
+            fit.d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            fit.d_opt.step()
+            log("d_loss", d_loss.detach())
+        log("recon_l1", l1.detach().mean())
+        log("kl", kl.detach())
+        log("loss", loss.detach())
+
+
+__all__ = ["ConvVAETokenizer", "kl_standard_normal", "pretrained_arch", "channel_mults",
+           "default_groups"]

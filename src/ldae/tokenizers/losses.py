@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_tensor_file
 from ..errors import CheckpointError
 
 
@@ -132,8 +133,6 @@ def load_vgg16_features(path: str | Path) -> nn.Sequential:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"VGG16 weights file {path} does not exist (tokenizer.perceptual_weights).")
-    from ..checkpoint import load_tensor_file
-
     sd = load_tensor_file(path, "(VGG16 weights, tokenizer.perceptual_weights)")
     with torch.device("meta"):
         net = _vgg16_features()

@@ -40,19 +40,11 @@ import math
 
 import torch
 
+from ..logging import progress
 from .base import FitData, Tokenizer
+from .fitting import WARMUP_FRACTION, StepLoop, StepStats, warmup_cosine, warmup_steps
 
-WARMUP_FRACTION = 0.05
 LOGVAR_RANGE = (-30.0, 20.0)
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Multiplier of the base lr at ``step`` (0-based): linear warmup then half-cycle cosine to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 class PatchAETokenizer(Tokenizer):
@@ -108,34 +100,49 @@ class PatchAETokenizer(Tokenizer):
     # ------------------------------------------------------------ fit
     def fit_data(self, data: FitData, tcfg, generator: torch.Generator | None = None,
                  show: bool = True) -> dict:
-        from ..logging import progress
-
-        dev = data.device
+        """1. the patch mean, 2. a gradient fit of fresh weights, 3. the scale factor, with the
+        latent dims sorted by variance (module docstring). Draws from ``generator``, in this
+        order: the seed of the patch-row shuffles, the initial weights, the seed of the VAE's eps.
+        Returns the final epoch's mean training losses (the VAE's with sampled z; its KL in
+        unscaled latent units, the posterior it trained), the scale factor and the steps."""
         n, bs = data.n, int(tcfg.fit_batch)
         # a step is `patch_batch` patch rows: each batch of `fit_batch` images is shuffled and cut
         # into chunks, so small image sets still give a linear model enough steps
-        L = (data.batches(1, 0, shuffle=False).__next__().shape[-1] // self.patch_size) ** 2
+        L = (next(data.batches(1, 0, shuffle=False)).shape[-1] // self.patch_size) ** 2
         pb = int(getattr(tcfg, "patch_batch", 0)) or bs * L
-        chunks = lambda rows: max(1, math.ceil(rows / pb))  # noqa: E731
-        steps_per_epoch = sum(chunks(min(bs, n - i) * L) for i in range(0, n, bs))
-        total = max(1, round(float(tcfg.fit_epochs) * steps_per_epoch))
-        warmup = max(1, round(WARMUP_FRACTION * total))
+        total = max(1, round(float(tcfg.fit_epochs) * self._steps_per_epoch(n, bs, L, pb)))
         images = round(float(tcfg.fit_epochs) * n)  # images the training steps see (about)
         bar = progress(images + 2 * n, f"fit {self.name} tokenizer", enabled=show)
         perm_gen = torch.Generator().manual_seed(
             int(torch.randint(0, 2 ** 62, (1,), generator=generator)) if generator is not None else 0)
+        self._fit_mean(data, bs, bar)
+        last, steps = self._train(data, tcfg, generator, perm_gen, pb, total, bar)
+        self._fit_scale(data, bs, bar)
+        bar.close()
+        return {**last, "scale": float(self.scale), "steps": int(steps)}
 
-        # 1. the patch mean (fp64 sum over every patch of the fit images)
-        with torch.no_grad():
-            acc, count = torch.zeros(self.full_dim, dtype=torch.float64, device=dev), 0
-            for x in data.batches(bs, 0, shuffle=False):
-                t = self.to_tokens(x.float()).reshape(-1, self.full_dim)
-                acc += t.sum(0, dtype=torch.float64)
-                count += t.shape[0]
-                bar.update(x.shape[0])
-            self.mean.copy_((acc / max(count, 1)).float())
+    @staticmethod
+    def _steps_per_epoch(n: int, batch: int, tokens: int, patch_batch: int) -> int:
+        """Optimiser steps in one pass over ``n`` images: each batch's patch rows in chunks."""
+        return sum(max(1, math.ceil(min(batch, n - i) * tokens / patch_batch))
+                   for i in range(0, n, batch))
 
-        # 2. gradient fit of fresh weights
+    @torch.no_grad()
+    def _fit_mean(self, data: FitData, batch: int, bar) -> None:
+        """The patch mean m: an fp64 sum over every patch of the fit images."""
+        acc, count = torch.zeros(self.full_dim, dtype=torch.float64, device=data.device), 0
+        for x in data.batches(batch, 0, shuffle=False):
+            t = self.to_tokens(x.float()).reshape(-1, self.full_dim)
+            acc += t.sum(0, dtype=torch.float64)
+            count += t.shape[0]
+            bar.update(x.shape[0])
+        self.mean.copy_((acc / max(count, 1)).float())
+
+    def _train(self, data: FitData, tcfg, generator: torch.Generator | None,
+               perm_gen: torch.Generator, patch_batch: int, total: int, bar) -> tuple[dict, int]:
+        """AdamW on fresh weights over shuffled chunks of centred patch rows, then the weights
+        copied into the buffers. Returns (the last epoch's row-weighted mean losses, steps)."""
+        dev = data.device
         params = {k: torch.nn.Parameter(v.to(dev)) for k, v in self._params(generator).items()}
         opt = torch.optim.AdamW(params.values(), lr=tcfg.fit_lr, weight_decay=0.0)
         noise_gen = None
@@ -143,68 +150,55 @@ class PatchAETokenizer(Tokenizer):
             noise_gen = torch.Generator(device=dev).manual_seed(
                 int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
         kl_weight = float(getattr(tcfg, "kl_weight", 0.0))
-        step, epoch = 0, 0
+        warmup = warmup_steps(total)
+        loop = StepLoop(total, lambda step: tcfg.fit_lr * warmup_cosine(step, total, warmup))
         last: dict[str, float] = {}
-        while step < total:
-            recon_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
-            kl_sum = torch.zeros((), device=dev)
-            rows, has_kl = 0, False
-            for x in data.batches(bs, epoch):
-                if step >= total:
-                    break
-                allrows = self.to_tokens(x.float()).reshape(-1, self.full_dim) - self.mean
-                order = torch.randperm(allrows.shape[0], generator=perm_gen).to(dev)
-                for idx in order.split(pb):
-                    if step >= total:
+        for batches in loop.epochs(data, int(tcfg.fit_batch), bar):
+            stats = StepStats()
+            for x in batches:
+                rows = self.to_tokens(x.float()).reshape(-1, self.full_dim) - self.mean
+                order = torch.randperm(rows.shape[0], generator=perm_gen).to(dev)
+                for idx in order.split(patch_batch):
+                    if loop.done:
                         break
-                    xc = allrows[idx]
-                    for group in opt.param_groups:
-                        group["lr"] = tcfg.fit_lr * warmup_cosine(step, total, warmup)
+                    xc = rows[idx]
+                    loop.set_lr(opt)
                     loss, mse, kl = self._loss(params, xc, noise_gen, kl_weight)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    step += 1
-                    recon_sum += mse.detach() * xc.shape[0]
+                    loop.step += 1
+                    stats.add("recon_mse", mse, xc.shape[0])
                     if kl is not None:
-                        has_kl = True
-                        kl_sum += kl.detach() * xc.shape[0]
-                    rows += xc.shape[0]
-                bar.update(x.shape[0])
-            if rows:
-                last = {"recon_mse": float(recon_sum) / rows}
-                if has_kl:
-                    last["kl"] = float(kl_sum) / rows
-            epoch += 1
+                        stats.add("kl", kl, xc.shape[0])
+            last = stats.means() or last
         with torch.no_grad():
             for k, v in params.items():
                 getattr(self, k).copy_(v.detach())
+        return last, loop.step
 
-        # 3. the scale factor: unit std of the (deterministic) latents of the fit data; the latent
-        #    dims are also sorted by decreasing variance (a relabelling: the loss is unchanged), so
-        #    filters() lists them in decreasing importance like PCA's
-        with torch.no_grad():
-            s1 = torch.zeros(self.dim, dtype=torch.float64, device=dev)
-            s2 = torch.zeros(self.dim, dtype=torch.float64, device=dev)
-            cnt = 0
-            for x in data.batches(bs, 0, shuffle=False):
-                z = self._latent(self.to_tokens(x.float()) - self.mean).double().reshape(-1, self.dim)
-                s1 += z.sum(0)
-                s2 += z.pow(2).sum(0)
-                cnt += z.shape[0]
-                bar.update(x.shape[0])
-            m = s1 / cnt
-            var = (s2 / cnt - m * m).clamp_min(0)
-            mall = m.mean()
-            std = float((s2.sum() / (cnt * self.dim) - mall * mall).clamp_min(0).sqrt())
-            self.scale.fill_(1.0 / std if std > 1e-12 else 1.0)
-            order = var.argsort(descending=True)
-            for k in self._latent_rows:
-                getattr(self, k).copy_(getattr(self, k)[order])
-        bar.close()
-        # final-epoch means of the training losses (the VAE's with sampled z; its KL in unscaled
-        # latent units, the posterior it trained), the scale factor and the optimiser steps
-        return {**{k: float(v) for k, v in last.items()}, "scale": float(self.scale), "steps": int(step)}
+    @torch.no_grad()
+    def _fit_scale(self, data: FitData, batch: int, bar) -> None:
+        """The scale factor: unit std of the (deterministic) latents of the fit data. The latent
+        dims are also sorted by decreasing variance (a relabelling: the loss is unchanged), so
+        filters() lists them in decreasing importance like PCA's."""
+        s1 = torch.zeros(self.dim, dtype=torch.float64, device=data.device)
+        s2 = torch.zeros(self.dim, dtype=torch.float64, device=data.device)
+        cnt = 0
+        for x in data.batches(batch, 0, shuffle=False):
+            z = self._latent(self.to_tokens(x.float()) - self.mean).double().reshape(-1, self.dim)
+            s1 += z.sum(0)
+            s2 += z.pow(2).sum(0)
+            cnt += z.shape[0]
+            bar.update(x.shape[0])
+        m = s1 / cnt
+        var = (s2 / cnt - m * m).clamp_min(0)
+        mall = m.mean()
+        std = float((s2.sum() / (cnt * self.dim) - mall * mall).clamp_min(0).sqrt())
+        self.scale.fill_(1.0 / std if std > 1e-12 else 1.0)
+        order = var.argsort(descending=True)
+        for k in self._latent_rows:
+            getattr(self, k).copy_(getattr(self, k)[order])
 
 
 class PatchVAETokenizer(PatchAETokenizer):
@@ -249,3 +243,5 @@ class PatchVAETokenizer(PatchAETokenizer):
         kl = self.kl_divergence(mu, logvar).mean()
         return xc.shape[-1] * mse + kl_weight * kl, mse, kl
 
+
+__all__ = ["PatchAETokenizer", "PatchVAETokenizer", "warmup_cosine", "WARMUP_FRACTION", "LOGVAR_RANGE"]

@@ -26,7 +26,8 @@ from typing import Iterable
 
 import torch
 
-from .base import Tokenizer
+from ..logging import progress
+from .base import FitData, Tokenizer
 
 
 class CovarianceAccumulator:
@@ -74,6 +75,8 @@ class CovarianceAccumulator:
 
 class PCATokenizer(Tokenizer):
     name = "pca"
+    #: the full D x D basis is kept (rows = components): image-space input/output and Eq. 4
+    full_basis = True
 
     SCALES = ("none", "unit")
 
@@ -96,9 +99,8 @@ class PCATokenizer(Tokenizer):
     def meta(self) -> dict:
         return {**super().meta(), "whiten": self.whiten, "scale": self.scale}
 
-    def fit_data(self, data, tcfg, generator=None, show=True) -> dict:
-        from ..logging import progress
-
+    def fit_data(self, data: FitData, tcfg, generator: torch.Generator | None = None,
+                 show: bool = True) -> dict:
         bar = progress(data.n, "fit pca tokenizer", enabled=show)
 
         def counted():
@@ -179,6 +181,19 @@ class PCATokenizer(Tokenizer):
     def project_full(self, r: torch.Tensor) -> torch.Tensor:
         """Coordinates of image-token residuals in the full basis: r V^T, (B, L, D) (Eq. 4)."""
         return r @ self.basis.T
+
+    def linear_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode as an affine map of image tokens: W = V_d / s (each row by its latent scale,
+        ``latent_scale``), b = -W m."""
+        W = self.basis[: self.dim] / self.latent_scale()[:, None]  # whiten / scale=unit
+        return W, -(W @ self.mean)
+
+    def projection_map(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """decode(encode(x)) = x P + m (I - P) with P = V_d^T V_d (symmetric): A = P, a = m - m P,
+        computed in float64 and returned in float32. The latent scale cancels."""
+        V = self.basis[: self.dim].double()
+        P, m = V.T @ V, self.mean.double()
+        return P.float(), (m - m @ P).float()
 
     def explained_variance(self) -> torch.Tensor:
         """Cumulative fraction of patch variance kept by the first 1..D components."""

@@ -41,9 +41,22 @@ class PixelTokenizer(Tokenizer):
         self.image_size, self.pixel_size = image_size, pixel_size
         self.grid = image_size // patch_size
         self.pixel_patch = pixel_size // self.grid  # q
-        if dim != channels * self.pixel_patch ** 2:
-            raise ValueError(f"dim={dim} must be C q^2 = {channels * self.pixel_patch ** 2} "
-                             f"(q = {self.pixel_patch})")
+        need = self.token_dim(image_size, patch_size, pixel_size, channels)
+        if dim != need:
+            raise ValueError(f"dim={dim} must be C q^2 = {need} (q = {self.pixel_patch})")
+
+    @staticmethod
+    def token_dim(image_size: int, patch_size: int, pixel_size: int = 0, channels: int = 3) -> int:
+        """The latent dim d = C q^2 of a pixel tokenizer: the token grid is the backbone's,
+        g = image_size // patch_size, the image is resized to ``pixel_size`` (0 = image_size) and
+        cut into g x g patches of q = pixel_size / g pixels. ValueError when g does not divide
+        pixel_size."""
+        g = image_size // patch_size
+        pixel_size = pixel_size or image_size
+        if g < 1 or pixel_size % g:
+            raise ValueError(f"pixel_size={pixel_size} must be a multiple of the grid "
+                             f"image_size / patch_size = {image_size} / {patch_size}")
+        return channels * (pixel_size // g) ** 2
 
     @staticmethod
     def _resolve(cfg) -> tuple[int, int, int]:
@@ -54,6 +67,7 @@ class PixelTokenizer(Tokenizer):
 
     @classmethod
     def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
         tk, img, p = cfg.tokenizer, cfg.data.image_size, cfg.model.patch_size
         if tk.pixel_size < 0:
             raise ConfigError(f"tokenizer.pixel_size={tk.pixel_size} must be >= 0 "
@@ -66,7 +80,7 @@ class PixelTokenizer(Tokenizer):
                 f"tokenizer.pixel_size={ps} must be a multiple of the token grid g = "
                 f"data.image_size / model.patch_size = {img} / {p} = {g} (the token count stays "
                 f"g^2 = {g * g}); e.g. tokenizer.pixel_size={near}.")
-        need = 3 * q * q
+        need = cls.token_dim(img, p, ps)  # 3 q^2
         if tk.dim != need:
             raise ConfigError(
                 f"tokenizer.name=pixel with tokenizer.pixel_size={ps} cuts {q}x{q} pixel patches "
@@ -83,6 +97,19 @@ class PixelTokenizer(Tokenizer):
 
     def fit_data(self, data, tcfg, generator=None, show=True) -> dict:
         return {}  # nothing to fit
+
+    def _identity(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(I, 0) at q = p, where both directions are the identity; else None (the antialiased
+        resize mixes neighbouring patches, so no map acts on each token on its own)."""
+        if self.pixel_patch != self.patch_size:
+            return None
+        return torch.eye(self.full_dim), torch.zeros(self.full_dim)
+
+    def linear_map(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._identity()
+
+    def projection_map(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._identity()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, (H/p)(W/p), C q^2): the grid of p-patches is kept at any H, W."""

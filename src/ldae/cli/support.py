@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import LdaeError
+from ..errors import LdaeError, shown
 
 EXIT_OS_ERROR = 74  # sysexits' EX_IOERR: disk full, no permission, ...
 
@@ -16,8 +16,6 @@ EXIT_OS_ERROR = 74  # sysexits' EX_IOERR: disk full, no permission, ...
 def _check_out(value: str | None, flag: str = "--out") -> None:
     """Refuse an output folder that cannot be one, before any work: empty, an existing file, under
     a file, or in a folder this user cannot write."""
-    from .config import shown
-
     if value is None:
         return
     if not value.strip():
@@ -113,17 +111,15 @@ def summary_line(cmd: str, rec: dict, out: str | None = None) -> str:
     return json.dumps(rec)
 
 
-def _emit(args, rec: dict, out: str | None = None) -> None:
+def emit(args, rec: dict, out: str | None = None) -> None:
     """The record as JSON (--json) or one summary line, on rank 0 only."""
     if os.environ.get("RANK", "0") != "0":
         return
     print(json.dumps(rec, indent=2) if getattr(args, "json", False) else summary_line(args.cmd, rec, out))
 
 
-def _os_error(e: OSError) -> str:
+def os_error_message(e: OSError) -> str:
     """An error of the operating system as one paragraph that names the file and the way out."""
-    from .config import shown
-
     where = shown(e.filename, 300) if e.filename else "a file"
     if e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
         return (f"disk full (or file size limit) while writing {where}; free space and rerun the "
