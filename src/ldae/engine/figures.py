@@ -3,7 +3,7 @@
 From a **run dir** (``ldae pretrain``) into ``OUT`` (default ``RUN/figures``):
 
 - ``fig3-schedules.png``  Fig. 3: gamma_t^2 and sigma_t against t for every schedule of
-  ``diffusion.objective.SCHEDULES`` at the run's T, the run's own schedule drawn bold.
+  ``diffusion.schedules.SCHEDULES`` at the run's T, the run's own schedule drawn bold.
 - ``fig4-filters-<name>.png``  Fig. 4: the tokenizer's encoder filters as RGB tiles, each scaled
   to its own [min, max]: the first 16 rows of V (PCA: the first 16 of its D principal
   components, the d the run keeps framed; patch AE/VAE: its d rows; conv VAE: the 16 largest 3x3 filters
