@@ -56,7 +56,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fit_tokenizer(sub) -> None:
-    p = sub.add_parser("fit-tokenizer", help="fit the tokenizer (PCA) on the training split")
+    p = sub.add_parser("fit-tokenizer", help="fit the tokenizer (tokenizer.name; PCA by default) on the training split")
     _common(p, preset_required=True)
 
 

@@ -82,7 +82,7 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    name: str = "pca"  # pca | patch_ae | patch_vae | conv_vae | pixel (Tab. 2, Fig. 5)
+    name: str = "pca"  # the tokenizer (Tab. 2, Fig. 5): a name in ldae.tokenizers.TOKENIZERS
     dim: int = 4  # d, latent dim per token
     whiten: bool = False  # off in the paper (V V^T = I); an ablation
     # pca: the latent's global scale, unit (one factor for unit overall std, as the learned

@@ -34,10 +34,10 @@ from .weights import LOSS_WEIGHTS
 CLEAN_INPUTS = ("original", "projected")
 #: the l-DAE's objective (Tab. 3, last line; the defaults of ``config.DiffusionConfig``)
 LDAE_OBJECTIVE = {"schedule": "sigma_linear", "target": "image", "loss_weight": "inv1p_sigma2",
-                  "input_space": "image", "output_space": "image"}
+                  "input_space": Space.IMAGE.value, "output_space": Space.IMAGE.value}
 #: the PCA DDM the deconstruction starts from (Tab. 3, line 1; with ``model.class_cond=false``)
 PCA_DDM_OBJECTIVE = {"schedule": "linear_gamma2", "target": "eps", "loss_weight": "none",
-                     "input_space": "latent", "output_space": "latent"}
+                     "input_space": Space.LATENT.value, "output_space": Space.LATENT.value}
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

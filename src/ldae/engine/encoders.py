@@ -1,14 +1,17 @@
 """The encoders an evaluation can probe or fine-tune: a trained run, the same architecture at
-random init, an outside ViT, or none (raw pixels)."""
+random init, an outside ViT, or none (raw pixels); and their features (``encode``), whichever
+of the three kinds ``encoder_for`` returned."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..config import Config
 from ..diffusion.objective import Denoiser, build_denoiser
-from ..models.vit import load_vit
+from ..dist import Runtime
+from ..models.vit import VitEncoder, load_vit
 from ..tokenizers import Tokenizer
 from .common import load_run, tokenizer_for
 from .fit_tokenizer import fit
@@ -36,4 +39,27 @@ def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool 
     return None
 
 
-__all__ = ["build_random", "encoder_for"]
+def encode(denoiser: nn.Module | None, x: torch.Tensor, cfg: Config, rt: Runtime,
+           blocks: list[int], generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Float images (B, C, H, W) in [-1, 1] on rt.device -> one (B, W) float32 feature per block.
+
+    ``pixels`` (denoiser None): [x flattened, (B, C H W)]."""
+    if denoiser is None:
+        return [x.flatten(1).float()]
+    lp = cfg.linprobe
+    if isinstance(denoiser, VitEncoder):  # fixed t and depth are baked into the export
+        with torch.no_grad(), rt.autocast():
+            return [denoiser(x).float()]
+    with torch.no_grad():
+        return denoiser.features(x, lp.t, blocks, noisy=lp.noisy, generator=generator,
+                                 autocast=rt.autocast(), clean=lp.clean_input)
+
+
+def prepare_encoder(denoiser: nn.Module | None, rt: Runtime) -> nn.Module | None:
+    """Frozen, eval-mode, on rt.device (in place: the caller hands the encoder over)."""
+    if denoiser is not None:
+        denoiser.to(rt.device).eval().requires_grad_(False)
+    return denoiser
+
+
+__all__ = ["build_random", "encode", "encoder_for", "prepare_encoder"]

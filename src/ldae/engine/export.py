@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..checkpoint import atomic_path, atomic_write_json
+from ..config import Space
 from ..errors import ConfigError
 from ..models.vit import constructor_kwargs  # noqa: F401 (re-exported)
 from .common import load_run
@@ -60,7 +61,7 @@ def _patch_map(den, clean: str = "original") -> tuple[torch.Tensor, torch.Tensor
     ``projection_map`` (PCA: decode(encode(x)) = x P + m (I - P), P = V_d^T V_d, so A = P,
     a = m - m P). Latent input: the tokenizer's ``linear_map``."""
     tok, D = den.tokenizer, den.tokenizer.full_dim
-    if den.input_space == "image":
+    if den.input_space == Space.IMAGE:
         if clean == "original":
             return torch.eye(D), torch.zeros(D)
         proj = tok.projection_map()

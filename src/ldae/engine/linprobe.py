@@ -75,6 +75,7 @@ from ..models.vit import VitEncoder
 from ..optim import LARS, scaled_lr, set_lr, warmup_cosine
 from ..seeds import (STREAM_EXTRACT, STREAM_INIT, STREAM_PROBE_AUG, STREAM_PROBE_NOISE, generator,
                      probe_seed)
+from .encoders import encode, prepare_encoder
 from .metrics import TOPK, evaluate
 from .splits import holdout_split
 
@@ -145,29 +146,6 @@ class LinearProbe(nn.Module):
 
 
 # ----------------------------------------------------------------------- features
-def encode(denoiser: nn.Module | None, x: torch.Tensor, cfg: Config, rt: Runtime,
-           blocks: list[int], generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Float images (B, C, H, W) in [-1, 1] on rt.device -> one (B, W) float32 feature per block.
-
-    ``pixels`` (denoiser None): [x flattened, (B, C H W)]."""
-    if denoiser is None:
-        return [x.flatten(1).float()]
-    lp = cfg.linprobe
-    if isinstance(denoiser, VitEncoder):  # fixed t and depth are baked into the export
-        with torch.no_grad(), rt.autocast():
-            return [denoiser(x).float()]
-    with torch.no_grad():
-        return denoiser.features(x, lp.t, blocks, noisy=lp.noisy, generator=generator,
-                                 autocast=rt.autocast(), clean=lp.clean_input)
-
-
-def prepare_encoder(denoiser: nn.Module | None, rt: Runtime) -> nn.Module | None:
-    """Frozen, eval-mode, on rt.device (in place: the caller hands the encoder over)."""
-    if denoiser is not None:
-        denoiser.to(rt.device).eval().requires_grad_(False)
-    return denoiser
-
-
 def extract_features(denoiser: nn.Module | None, dataset, cfg: Config, rt: Runtime,
                      blocks: list[int], *, desc: str = "features", stream_step: int = 0,
                      stats: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -495,4 +473,4 @@ def run(cfg: Config, run_dir: Path, denoiser: nn.Module | None, rt: Runtime | No
     return rec
 
 
-__all__ = ["run", "extract_features", "encode", "LinearProbe", "probe_blocks", "out_stem"]
+__all__ = ["run", "extract_features", "LinearProbe", "probe_blocks", "out_stem"]

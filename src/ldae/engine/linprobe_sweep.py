@@ -27,7 +27,8 @@ from ..models.vit import VitEncoder
 from ..optim import scaled_lr
 from ..plots import pyplot, save_png
 from ..seeds import STREAM_EXTRACT
-from .linprobe import Tagged, prepare_encoder, probe_generator, probe_setup, select_and_fit, sync
+from .encoders import prepare_encoder
+from .linprobe import Tagged, probe_generator, probe_setup, select_and_fit, sync
 from .metrics import TOPK
 
 

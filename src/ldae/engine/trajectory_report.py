@@ -12,6 +12,7 @@ import io
 import json
 import math
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -166,7 +167,8 @@ def results_markdown(scale: str, recs: list[dict], out: Path, meta: RowMeta) -> 
 
 
 def first_sentence(text: str) -> str:
-    return text.split(". ")[0].replace("|", "/").replace("\n", " ")
+    """The text up to its first full stop (not the one of "e.g." or "i.e."), fit for a table cell."""
+    return re.split(r"(?<!e\.g)(?<!i\.e)\. ", text)[0].replace("|", "/").replace("\n", " ")
 
 
 def _diff(a, b):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoint import atomic_path
+from ..config import Space
 from ..errors import CheckpointError, ConfigError
 from ..seeds import generator, mix
 
@@ -96,7 +97,7 @@ class Tokenizer(nn.Module):
         Subclasses extend it and call ``super().check_config(cfg)`` first. The rule every
         tokenizer shares: image-space diffusion input/output needs ``full_basis``."""
         dz = cfg.diffusion
-        if not (cls.full_basis or dz.input_space == "latent" and dz.output_space == "latent"):
+        if not (cls.full_basis or dz.input_space == Space.LATENT and dz.output_space == Space.LATENT):
             raise ConfigError(
                 "diffusion.input_space/output_space=image needs a tokenizer with a full basis "
                 "(Tokenizer.full_basis, as the PCA tokenizer has: its inverse PCA maps the noisy "
