@@ -20,11 +20,11 @@ from .build import (PATH_KEYS, absolute_paths, config_from_dict, diff_configs, d
 from .checks import choices, describe_keys, need, register_check, register_choices, validate
 from .files import PRESET_DIR, PRESET_KINDS, find_preset, is_file, preset_names, read_config_file, read_preset
 from .schema import (Config, DataConfig, DiffusionConfig, FidConfig, FinetuneConfig, LinprobeConfig,
-                     ModelConfig, OptimConfig, SampleConfig, Space, TokenizerConfig, TrainConfig,
+                     ModelConfig, ObjectiveConfig, OptimConfig, SampleConfig, Space, TokenizerConfig, TrainConfig,
                      VitConfig, resume_free_keys)
 
 __all__ = ["PATH_KEYS", "PRESET_DIR", "PRESET_KINDS", "Config", "DataConfig", "DiffusionConfig",
-           "FidConfig", "FinetuneConfig", "LinprobeConfig", "ModelConfig", "OptimConfig",
+           "FidConfig", "FinetuneConfig", "LinprobeConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig",
            "SampleConfig", "Space", "TokenizerConfig", "TrainConfig", "VitConfig", "absolute_paths", "choices",
            "config_from_dict", "describe_keys", "diff_configs", "dump_yaml", "find_preset", "is_file",
            "load_config", "need", "parse_overrides", "preset_names", "read_config_file", "read_preset",

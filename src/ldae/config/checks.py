@@ -28,7 +28,8 @@ from ..errors import ConfigError, shown
 from .schema import RUNTIME, Config, fixed_choices
 
 #: the packages whose import registers the built-in components' choices and checks
-BUILTIN_COMPONENTS = ("ldae.data", "ldae.models", "ldae.diffusion", "ldae.tokenizers")
+BUILTIN_COMPONENTS = ("ldae.data", "ldae.models", "ldae.diffusion", "ldae.tokenizers",
+                      "ldae.objectives")
 
 _CHOICES: dict[str, Callable[[], Iterable[str]]] = {}
 _CHECKS: dict[str, Callable[[Config], None]] = {}
@@ -102,6 +103,12 @@ def _check_data_model(cfg: Config) -> None:
     need(tk.fit_epochs > 0 and tk.fit_batch > 0 and tk.fit_lr > 0 and tk.kl_weight >= 0,
          "tokenizer.fit_epochs, tokenizer.fit_batch and tokenizer.fit_lr must be > 0, "
          "tokenizer.kl_weight >= 0.")
+
+
+def _check_objective(cfg: Config) -> None:
+    ob = cfg.objective
+    need(0.0 < ob.mask_ratio < 1.0, f"objective.mask_ratio={ob.mask_ratio} must be in (0, 1) "
+         "(MAE: 0.75).")
 
 
 def _check_optim_train(cfg: Config) -> None:
@@ -190,7 +197,7 @@ def _check_sample_fid(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     """Every check of ``cfg``: the choices, the schema's rules, then the components' rules."""
     _check_choices(cfg)
-    for check in (_check_data_model, _check_optim_train, _check_linprobe, _check_finetune,
+    for check in (_check_data_model, _check_objective, _check_optim_train, _check_linprobe, _check_finetune,
                   _check_sample_fid, *_CHECKS.values()):
         check(cfg)
 

@@ -128,6 +128,15 @@ class DiffusionConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What pretraining optimises: the denoising objective that ``diffusion`` describes (every row
+    of the deconstruction, the l-DAE included), or a baseline of Tab. 4 on the same ViT."""
+    name: str = "diffusion"  # diffusion | mae (names registered by ldae.objectives)
+    mask_ratio: float = 0.75  # mae: share of each image's patches hidden from the encoder
+    norm_pix: bool = True  # mae: the target is each patch normalised by its own mean and std
+
+
+@dataclass
 class OptimConfig:
     blr: float = 1e-4  # lr = blr * global_batch / 256 (App. A)
     batch_size: int = 256  # global batch: the unit, whatever the number of processes
@@ -266,6 +275,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     linprobe: LinprobeConfig = field(default_factory=LinprobeConfig)

@@ -15,7 +15,8 @@ import torch
 
 from .. import checkpoint
 from ..config import Config, absolute_paths, config_from_dict, dump_yaml, is_file, read_config_file, shown
-from ..diffusion.objective import Denoiser, build_denoiser
+from ..diffusion.objective import Denoiser
+from .. import objectives
 from ..errors import CheckpointError, ConfigError
 from ..tokenizers import Tokenizer, load_tokenizer
 
@@ -81,7 +82,7 @@ def load_run(run_dir: Path, use_ema: bool = True, device: str | torch.device = "
     tok = tokenizer_for(cfg, run_dir)
     if tok is None:
         raise CheckpointError(f"{run_dir} has no {TOKENIZER_FILE}; the run never fitted its tokenizer.")
-    den = build_denoiser(cfg, tok)
+    den = objectives.build(cfg, tok)
     if ckpt is not None:
         path, state = ckpt, checkpoint.load(ckpt, warn=print)
     else:  # the newest that loads; a corrupt newer one is reported, left in place

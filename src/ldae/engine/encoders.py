@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..diffusion.objective import Denoiser, build_denoiser
+from ..diffusion.objective import Denoiser
+from .. import objectives
 from ..dist import Runtime
 from ..models.vit import VitEncoder, load_vit
 from ..tokenizers import Tokenizer
@@ -20,7 +21,7 @@ from .fit_tokenizer import fit
 def build_random(cfg: Config, tokenizer: Tokenizer) -> Denoiser:
     """The same architecture at random init (seeded by train.seed): the probe's lower baseline."""
     torch.manual_seed(cfg.train.seed)
-    return build_denoiser(cfg, tokenizer).eval()
+    return objectives.build(cfg, tokenizer).eval()
 
 
 def encoder_for(cfg: Config, run_dir: Path, device: torch.device, use_ema: bool = True,

@@ -28,7 +28,8 @@ from .. import checkpoint, dist
 from ..config import Config
 from ..data import BatchAugment, BatchStream, build_dataset, full_images
 from ..data.datasets import count_skipped, write_skip_log
-from ..diffusion.objective import Denoiser, build_denoiser
+from ..diffusion.objective import Denoiser
+from .. import objectives
 from ..errors import EXIT_NONFINITE, LdaeError, NonFiniteLoss
 from ..logging import MetricsLog
 from ..optim import EMA, build_adamw, set_lr, warmup_cosine
@@ -202,7 +203,7 @@ def _run(cfg: Config, out: Path, rt: dist.Runtime, guard: PreemptionGuard, resum
     skipped = note_skipped(cfg, dataset, out, rt)
     tok = get_tokenizer(cfg, out, dataset, rt)
     torch.manual_seed(cfg.train.seed)
-    den = build_denoiser(cfg, tok).to(rt.device).train()
+    den = objectives.build(cfg, tok).to(rt.device).train()
     trainer = Trainer(cfg, den, plan, rt)
     trainer.out = out
     if rt.is_main:  # the header: what is about to run (the summary line comes at the end)

@@ -22,7 +22,8 @@ from .registry import get_size
 class DiT(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, num_tokens: int, width: int, depth: int,
                  heads: int, mlp_ratio: float = 4.0, adaln: str = "mlp4",
-                 num_classes: int = 0, label_dropout: float = 0.1, encoder_blocks: int = 0):
+                 num_classes: int = 0, label_dropout: float = 0.1, encoder_blocks: int = 0,
+                 mask_token: bool = False):
         super().__init__()
         grid = int(round(num_tokens ** 0.5))
         if grid * grid != num_tokens:
@@ -36,6 +37,8 @@ class DiT(nn.Module):
         self.y_embed = LabelEmbedder(num_classes, width, label_dropout) if num_classes > 0 else None
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, adaln) for _ in range(depth))
         self.final = FinalLayer(width, out_dim, adaln)
+        # MAE (``keep`` in forward): the learned token put where the encoder saw no patch
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if mask_token else None
         self._init_weights()
 
     @classmethod
@@ -56,6 +59,8 @@ class DiT(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)  # MAE's init
 
     # ------------------------------------------------------------------ protocol
     def condition(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,14 +75,35 @@ class DiT(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.patch_embed(tokens) + self.pos_embed.to(tokens.dtype)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """(B, L, in_dim), t (B,) -> (B, L, out_dim)."""
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, in_dim), t (B,) -> (B, L, out_dim).
+
+        ``keep`` (B, n) (MAE, He et al. 2022): indices of the visible tokens; the encoder blocks
+        see only those, the decoder blocks all L, the mask token in place of the hidden ones."""
         c = self.condition(t, y)  # (B, W): timestep (+ class) embedding, modulates every block
         x = self.embed(tokens)  # (B, L, W): tokens embedded, plus the fixed 2-D sin-cos positions
+        if keep is not None:
+            return self._masked(x, c, keep)
         for blk in self.blocks:
             x = blk(x, c)  # (B, L, W): adaLN-Zero attention and MLP
         return self.final(x, c)  # (B, L, out_dim): adaLN-modulated norm, then a Linear
+
+    def _masked(self, x: torch.Tensor, c: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """MAE's forward: encoder on the visible tokens, decoder on all (MAE's decoder adds its
+        positions again to every token, visible ones included; here the same fixed sin-cos)."""
+        if self.mask_token is None:
+            raise ValueError("a masked forward needs a DiT built with mask_token=True")
+        B, L, W = x.shape
+        idx = keep[..., None].expand(-1, -1, W)  # (B, n, W)
+        v = x.gather(1, idx)  # (B, n, W): the visible tokens
+        for blk in self.blocks[: self.encoder_blocks]:
+            v = blk(v, c)  # (B, n, W)
+        full = self.mask_token.to(v.dtype).expand(B, L, W).scatter(1, idx, v)  # (B, L, W)
+        x = full + self.pos_embed.to(v.dtype)
+        for blk in self.blocks[self.encoder_blocks:]:
+            x = blk(x, c)  # (B, L, W)
+        return self.final(x, c)  # (B, L, out_dim)
 
     def forward_blocks(self, tokens: torch.Tensor, t: torch.Tensor, blocks: list[int],
                        y: torch.Tensor | None = None, pool: bool = True) -> list[torch.Tensor]:
