@@ -136,3 +136,10 @@ def test_trained_mae_loads_probes_and_exports_like_an_ldae_run(tmp_path):
     vit = load_vit(str(tmp_path / "vit"), "", 8).eval()
     with torch.no_grad():
         torch.testing.assert_close(vit(x), feats, rtol=1e-4, atol=1e-4)
+
+
+def test_mae_counts_the_encoder_on_the_visible_tokens_only():
+    cfg = mae_cfg()
+    mae = build(cfg, build_tokenizer(cfg))
+    bb = mae.backbone  # L = 4 tokens, mask ratio 0.5: the encoder block sees 2
+    assert mae.train_flops_per_image() == bb.train_flops_per_image(visible=2) < bb.train_flops_per_image()

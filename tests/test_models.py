@@ -242,6 +242,11 @@ def test_train_flops_per_image_test_size():
     assert n_token == 25344
     assert m.num_params(per_token=True) == n_token
     assert m.train_flops_per_image() == 6 * n_token * L + 12 * depth * W * L * L == 2629632
+    assert m.train_flops_per_image(visible=L) == m.train_flops_per_image()
+    # MAE: block 1 (the encoder) on 4 visible tokens, embedding, block 2 and final on all 16
+    blk = 3 * W * W + W * W + W * 4 * W + 4 * W * W
+    by_hand = 6 * (12 * W * L + W * 12 * L + blk * 4 + blk * L) + 12 * W * (4 * 4 + L * L)
+    assert m.train_flops_per_image(visible=4) == by_hand
 
 
 def test_encoder_flops_per_image_by_hand():

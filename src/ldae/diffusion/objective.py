@@ -180,6 +180,10 @@ class Denoiser(nn.Module):
         gamma, sigma = self.schedule.coefficients(t)
         return self.target.to_z0(out, zt, gamma, sigma, self.tokenizer)
 
+    def train_flops_per_image(self) -> float:
+        """The backbone's training FLOPs per image (SPEC §8), for img/s -> MFU."""
+        return self.backbone.train_flops_per_image()
+
     # ----------------------------------------------------------------- transfer
     def encoder_input(self, x: torch.Tensor, t: int, noisy: bool = False,
                       generator: torch.Generator | None = None, clean: str = "original"

@@ -303,7 +303,7 @@ def _summary(trainer: Trainer, plan: Plan, res, start_step: int, out: Path, rt: 
                "final_loss": last.get("loss", logged.get("loss")), "lr_peak": plan.lr,
                "world_size": rt.world,
                "device": str(rt.device), "params": den.backbone.num_params(),
-               "train_gflops_per_image": round(den.backbone.train_flops_per_image() / 1e9, 4),
+               "train_gflops_per_image": round(den.train_flops_per_image() / 1e9, 4),
                "nonfinite_skips": list(trainer.skipped),
                "skipped_images": count_skipped(skipped) if skipped else 0,
                "knn_top1": last.get("knn_top1", logged.get("knn_top1")),

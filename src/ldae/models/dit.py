@@ -145,7 +145,15 @@ class DiT(nn.Module):
             n += sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
         return 2.0 * n * L + 4.0 * k * W * L * L
 
-    def train_flops_per_image(self) -> float:
-        """SPEC §8: 6 N L + 12 depth W L^2 (forward + backward)."""
-        L = self.num_tokens
-        return 6.0 * self.num_params(per_token=True) * L + 12.0 * self.depth * self.width * L * L
+    def train_flops_per_image(self, visible: int | None = None) -> float:
+        """SPEC §8: 6 N L + 12 depth W L^2 (forward + backward). ``visible`` (MAE): the encoder
+        blocks run on that many tokens, the embedding, decoder blocks and final layer on all L."""
+        L, W = self.num_tokens, self.width
+        if visible is None:
+            return 6.0 * self.num_params(per_token=True) * L + 12.0 * self.depth * W * L * L
+        n, k = visible, self.encoder_blocks
+        per_block = [sum(m.weight.numel() for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2))
+                     for b in self.blocks]
+        ends = self.patch_embed.weight.numel() + self.final.linear.weight.numel()
+        matmul = ends * L + sum(per_block[:k]) * n + sum(per_block[k:]) * L
+        return 6.0 * matmul + 12.0 * W * (k * n * n + (self.depth - k) * L * L)

@@ -64,6 +64,11 @@ class MaskedAutoencoder(Denoiser):
                          Space.LATENT, 0.0)
         self.mask_ratio, self.norm_pix = mask_ratio, norm_pix
 
+    def train_flops_per_image(self) -> float:
+        """The encoder blocks see only the visible tokens (MAE's saving)."""
+        L = self.backbone.num_tokens
+        return self.backbone.train_flops_per_image(visible=int(L * (1 - self.mask_ratio)))
+
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None,
              autocast: contextlib.AbstractContextManager | None = None,
