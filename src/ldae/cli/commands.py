@@ -104,6 +104,7 @@ def cmd_info(args) -> None:
     """``ldae info``: the registries and presets, every config key (``--keys``), or a run."""
     from ..data import SOURCES
     from ..diffusion import LOSS_WEIGHTS, SCHEDULES, TARGETS
+    from ..objectives import OBJECTIVES
     from ..models import MODEL_SIZES
     from ..tokenizers import TOKENIZERS
 
@@ -130,6 +131,7 @@ def cmd_info(args) -> None:
     print(f"schedules:     {', '.join(SCHEDULES)}")
     print(f"targets:       {', '.join(TARGETS)}")
     print(f"loss weights:  {', '.join(LOSS_WEIGHTS)}")
+    print(f"objectives:    {', '.join(OBJECTIVES)}   (objective.name; mae: Tab. 4's baseline)")
     print("spaces:        input_space / output_space = latent | image")
     print(f"data sources:  {', '.join(SOURCES)}")
     print(f"presets:       {', '.join(preset_names())}")
