@@ -48,7 +48,6 @@ def _one_paragraph(e: BaseException) -> str:
     return shown(" ".join(msg.split()), 2000) or type(e).__name__
 
 
-
 #: the commands that train (their signal handlers go in before anything slow)
 TRAINING = ("pretrain", "finetune")
 
