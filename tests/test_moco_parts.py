@@ -88,7 +88,7 @@ def test_momentum_schedule_and_update():
     assert momentum_at(25, 100, 0.99) == pytest.approx(1 - 0.01 * 0.5 * (1 + math.cos(math.pi / 4)))
     online, target = nn.Linear(2, 2), nn.Linear(2, 2)
     before = [p.detach().clone() for p in target.parameters()]
-    momentum_update(online, target, 0.9)
+    momentum_update(online.parameters(), target.parameters(), 0.9)
     for p_o, p_t, b in zip(online.parameters(), target.parameters(), before):
         torch.testing.assert_close(p_t, 0.9 * b + 0.1 * p_o.detach())
 

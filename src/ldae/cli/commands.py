@@ -131,7 +131,7 @@ def cmd_info(args) -> None:
     print(f"schedules:     {', '.join(SCHEDULES)}")
     print(f"targets:       {', '.join(TARGETS)}")
     print(f"loss weights:  {', '.join(LOSS_WEIGHTS)}")
-    print(f"objectives:    {', '.join(OBJECTIVES)}   (objective.name; mae: Tab. 4's baseline)")
+    print(f"objectives:    {', '.join(OBJECTIVES)}   (objective.name; mae, moco_v3: Tab. 4's baselines)")
     print("spaces:        input_space / output_space = latent | image")
     print(f"data sources:  {', '.join(SOURCES)}")
     print(f"presets:       {', '.join(preset_names())}")

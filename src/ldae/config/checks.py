@@ -109,6 +109,11 @@ def _check_objective(cfg: Config) -> None:
     ob = cfg.objective
     need(0.0 < ob.mask_ratio < 1.0, f"objective.mask_ratio={ob.mask_ratio} must be in (0, 1) "
          "(MAE: 0.75).")
+    need(ob.temperature > 0 and 0.0 <= ob.momentum < 1.0,
+         f"objective.temperature={ob.temperature} must be > 0 and objective.momentum="
+         f"{ob.momentum} in [0, 1) (MoCo v3: 0.2 and 0.99).")
+    need(ob.proj_dim > 0 and ob.proj_hidden > 0, "objective.proj_dim and objective.proj_hidden "
+         "must be > 0 (MoCo v3: 256 and 4096).")
 
 
 def _check_optim_train(cfg: Config) -> None:

@@ -131,9 +131,14 @@ class DiffusionConfig:
 class ObjectiveConfig:
     """What pretraining optimises: the denoising objective that ``diffusion`` describes (every row
     of the deconstruction, the l-DAE included), or a baseline of Tab. 4 on the same ViT."""
-    name: str = "diffusion"  # diffusion | mae (names registered by ldae.objectives)
+    name: str = "diffusion"  # diffusion | mae | moco_v3 (names registered by ldae.objectives)
     mask_ratio: float = 0.75  # mae: share of each image's patches hidden from the encoder
     norm_pix: bool = True  # mae: the target is each patch normalised by its own mean and std
+    temperature: float = 0.2  # moco_v3: InfoNCE temperature tau
+    momentum: float = 0.99  # moco_v3: the momentum encoder's m at the start (cosine to 1)
+    proj_dim: int = 256  # moco_v3: output dim of the projection and prediction MLPs
+    proj_hidden: int = 4096  # moco_v3: their hidden width
+    frozen_patch_embed: bool = False  # moco_v3: the random patch projection, never trained
 
 
 @dataclass

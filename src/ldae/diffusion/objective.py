@@ -180,6 +180,10 @@ class Denoiser(nn.Module):
         gamma, sigma = self.schedule.coefficients(t)
         return self.target.to_z0(out, zt, gamma, sigma, self.tokenizer)
 
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after each optimizer step (``step`` = steps done); what
+        the objective updates outside the gradient (MoCo v3's momentum encoder). Nothing here."""
+
     def train_flops_per_image(self) -> float:
         """The backbone's training FLOPs per image (SPEC §8), for img/s -> MFU."""
         return self.backbone.train_flops_per_image()

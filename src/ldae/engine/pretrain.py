@@ -155,6 +155,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.den.after_optimizer_step(self.step + 1, plan.total_steps)
         if self.ema is not None:
             self.ema.update(self.den.backbone)
         self.step += 1

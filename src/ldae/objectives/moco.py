@@ -1,10 +1,23 @@
-"""MoCo v3's parts (Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision
-Transformers"), written from the paper: the projection and prediction MLPs with batch norm over
-the global batch, the symmetric InfoNCE loss against the momentum encoder's keys, and the
-momentum schedule. The model that puts them on the l-DAE's ViT is issue 18's next step.
+"""MoCo v3 (Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision
+Transformers") on the l-DAE's ViT: Tab. 4's contrastive baseline. Written from the paper.
+
+- Encoder: the l-DAE's DiT cut to its encoder (``model.encoder_blocks``, default half the
+  depth), no timestep (the ``constant`` schedule's condition is always 0), the feature the token
+  average of its last block (DiT has no class token; the probe and ``ldae export`` read the
+  same).
+- Two views per image (``data.views``: crop, colour, blur, solarize, flip), each through the
+  encoder, the 3-layer projection MLP and the 2-layer prediction MLP (batch norm over the global
+  batch, per view) to queries q1, q2; the momentum encoder (encoder + projection, no gradient)
+  gives keys k1, k2; loss = ctr(q1, k2) + ctr(q2, k1), ctr the InfoNCE of ``info_nce`` against
+  the keys of every process.
+- The momentum encoder moves toward the trained one after each step, m from
+  ``objective.momentum`` to 1 on a half cosine (``after_optimizer_step``).
+- ``objective.frozen_patch_embed``: MoCo v3's "random patch projection", never trained.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import torch
@@ -12,6 +25,15 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+from ..config import Space
+from ..data.views import two_views
+from ..diffusion.objective import Denoiser
+from ..diffusion.schedules import Constant
+from ..diffusion.targets import Z0
+from ..models import DiT
+from ..models.registry import get_size
+from ..seeds import Rows
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
@@ -91,11 +113,109 @@ def momentum_at(step: int, total: int, base: float) -> float:
 
 
 @torch.no_grad()
-def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
-    """target <- m target + (1 - m) online, parameter by parameter (MoCo v3: the momentum
-    encoder's batch-norm statistics are its own, from its forward passes)."""
-    for p_o, p_t in zip(online.parameters(), target.parameters()):
+def momentum_update(online, target, m: float) -> None:
+    """target <- m target + (1 - m) online, for two equally long sequences of parameters (MoCo
+    v3: the momentum encoder's batch-norm statistics are its own, from its forward passes)."""
+    online, target = list(online), list(target)
+    if len(online) != len(target):
+        raise ValueError(f"momentum_update: {len(online)} online vs {len(target)} target parameters")
+    for p_o, p_t in zip(online, target):
         p_t.mul_(m).add_(p_o.detach(), alpha=1.0 - m)
 
 
-__all__ = ["GlobalBatchNorm1d", "gather_keys", "info_nce", "mlp", "momentum_at", "momentum_update"]
+def _rank() -> int:
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+class MocoViT(DiT):
+    """The encoder (a DiT of depth k, all of it the encoder), MoCo v3's projection and prediction
+    MLPs, and the momentum copy of encoder + projection (``momentum``: no gradient). ``forward``
+    takes both views stacked and returns (queries, keys), each (2B, proj_dim)."""
+
+    def __init__(self, in_dim: int, num_tokens: int, width: int, depth: int, heads: int,
+                 mlp_ratio: float, adaln: str, hidden: int, dim: int, frozen_patch_embed: bool):
+        super().__init__(in_dim, in_dim, num_tokens, width, depth, heads, mlp_ratio, adaln,
+                         encoder_blocks=depth)
+        self.final.requires_grad_(False)  # the features are the encoder's: no output layer
+        self.projector = mlp(3, width, hidden, dim)
+        self.predictor = mlp(2, dim, hidden, dim, last_bn=False)
+        if frozen_patch_embed:
+            self.patch_embed.requires_grad_(False)
+        encoder = DiT(in_dim, in_dim, num_tokens, width, depth, heads, mlp_ratio, adaln,
+                      encoder_blocks=depth)
+        mine = self.state_dict()
+        encoder.load_state_dict({k: mine[k] for k in encoder.state_dict()})  # a copy of self
+        self.momentum = nn.ModuleDict({"encoder": encoder, "projector": copy.deepcopy(self.projector)})
+        self.momentum.requires_grad_(False)
+
+    def momentum_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(online, momentum) parameters in matching order: the encoder's, then the projection's."""
+        own = dict(self.named_parameters())
+        names = [n for n, _ in self.momentum["encoder"].named_parameters()]
+        online = [own[n] for n in names] + list(self.projector.parameters())
+        return online, list(self.momentum.parameters())
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, y=None, keep=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.forward_blocks(tokens, t, [self.depth])[0]  # (2B, W) token average
+        q = torch.cat([self.predictor(self.projector(f)) for f in feats.chunk(2)])  # BN per view
+        with torch.no_grad():
+            enc, proj = self.momentum["encoder"], self.momentum["projector"]
+            kf = enc.forward_blocks(tokens, t, [enc.depth])[0]
+            k = torch.cat([proj(f) for f in kf.chunk(2)])
+        return q, k
+
+
+class MocoV3(Denoiser):
+    """MoCo v3's loss and momentum update on a ``MocoViT`` (see the module docstring)."""
+
+    def __init__(self, backbone: MocoViT, tokenizer: nn.Module, num_steps: int, temperature: float,
+                 momentum: float):
+        super().__init__(backbone, tokenizer, Constant(num_steps), Z0(), "none", Space.LATENT,
+                         Space.LATENT, 0.0)
+        self.temperature, self.base_momentum = temperature, momentum
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None,
+             autocast: contextlib.AbstractContextManager | None = None,
+             net: nn.Module | None = None, rows: Rows | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (B, C, H, W) in [-1, 1], the images the views are cut from (``y`` unused)."""
+        dev = generator.device if generator is not None else x.device
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=dev))
+        v1, v2 = two_views(x.float(), torch.Generator().manual_seed(seed), rows)
+        B = x.shape[0]
+        tokens = self.tokenizer.encode(torch.cat([v1, v2]))  # (2B, L, D)
+        t = self.schedule.t_cond(torch.zeros(2 * B, dtype=torch.long, device=x.device))
+        with autocast or contextlib.nullcontext():
+            q, k = (net if net is not None else self.backbone)(tokens, t)
+        (q1, q2), (k1, k2) = q.float().chunk(2), k.float().chunk(2)
+        offset = _rank() * B  # this process's keys in the gathered list
+        tau = self.temperature
+        loss = info_nce(q1, gather_keys(k2), tau, offset) + info_nce(q2, gather_keys(k1), tau, offset)
+        return loss, {"loss": loss.detach()}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """The momentum encoder after step ``step``, with the m of the step that reads it next."""
+        online, target = self.backbone.momentum_pairs()
+        momentum_update(online, target, momentum_at(step, total_steps, self.base_momentum))
+
+    def train_flops_per_image(self) -> float:
+        """Two views, each an encoder forward + backward (3 forwards) and a momentum forward;
+        the MLPs, a few per cent, are not counted."""
+        return 2 * 4 * self.backbone.encoder_flops_per_image(self.backbone.depth)
+
+
+def build_moco(cfg, tokenizer: nn.Module) -> MocoV3:
+    """MoCo v3 on the config's model size cut to its encoder, on pixel tokens (``moco_v3``)."""
+    m, ob = cfg.model, cfg.objective
+    size = get_size(m.name)
+    L = (cfg.data.image_size // m.patch_size) ** 2
+    k = m.encoder_blocks or size.depth // 2
+    backbone = MocoViT(tokenizer.full_dim, L, size.width, k, size.heads, size.mlp_ratio, m.adaln,
+                       ob.proj_hidden, ob.proj_dim, ob.frozen_patch_embed)
+    return MocoV3(backbone, tokenizer, cfg.diffusion.num_steps, ob.temperature, ob.momentum)
+
+
+__all__ = ["GlobalBatchNorm1d", "MocoV3", "MocoViT", "build_moco", "gather_keys", "info_nce", "mlp",
+           "momentum_at", "momentum_update"]
