@@ -3,14 +3,15 @@ forward. Masking, the loss by hand, the encoder never seeing a hidden patch, exa
 2-process run equal to one, and the probe/export path of the trained encoder."""
 import pytest
 import torch
-from _ddp import spawn
-from test_pretrain import TINY, assert_same_state, final_state
+from test_pretrain import TINY, assert_same_state, assert_two_processes_equal_one, resumed_pair
 
 from ldae import checkpoint
 from ldae.config import load_config
 from ldae.engine import pretrain
 from ldae.engine.common import load_run
+from ldae.engine.export import export
 from ldae.errors import ConfigError
+from ldae.models.vit import load_vit
 from ldae.objectives import MaskedAutoencoder, build
 from ldae.objectives.mae import patch_targets, random_masking
 from ldae.seeds import Rows
@@ -101,41 +102,33 @@ def test_mae_needs_whole_pixel_patches():
 
 
 def test_mae_resume_is_exact(tmp_path):
-    cfg = mae_cfg("data.crop=random_resized")
-    pretrain.run(cfg, tmp_path / "full")
-    pretrain.run(cfg, tmp_path / "split", max_steps=5)
-    resumed = pretrain.run(cfg, tmp_path / "split", resume="auto")
-    assert resumed["steps"] == 8 and resumed["steps_this_run"] == 3
-    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    a, b = resumed_pair(mae_cfg("data.crop=random_resized"), tmp_path)
     assert "mask_token" in a["model"]
     assert_same_state(a, b)
 
 
 def test_mae_two_process_run_equals_one(tmp_path):
-    over = TINY + MAE + ["optim.epochs=0.5", "optim.warmup_epochs=0", "train.device=cpu"]
-    pretrain.run(load_config(None, over), tmp_path / "one")
-    spawn("pretrain", tmp_path / "two", over)
-    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
-    assert a["step"] == b["step"] == 2
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert_two_processes_equal_one(MAE, tmp_path)
+
+
+def trained_and_exported(cfg, tmp_path):
+    """Pretrain ``cfg`` for its epochs, load the run, export blocks 1 at t = 0: (the loaded
+    model, images, their features from the model, from the exported timm ViT)."""
+    pretrain.run(cfg, tmp_path / "run")
+    _, den = load_run(tmp_path / "run", use_ema=False)
+    assert checkpoint.latest(tmp_path / "run")
+    x = torch.rand(5, 3, 8, 8) * 2 - 1
+    feats = den.features(x, 0, [1])[0]
+    export(tmp_path / "run", tmp_path / "vit", t=0, blocks=1, use_ema=False)
+    with torch.no_grad():
+        return den, x, feats, load_vit(str(tmp_path / "vit"), "", 8).eval()(x)
 
 
 def test_trained_mae_loads_probes_and_exports_like_an_ldae_run(tmp_path):
-    from ldae.engine.export import export
-    from ldae.models.vit import load_vit
-
-    cfg = mae_cfg("optim.epochs=1")
-    pretrain.run(cfg, tmp_path / "run")
-    _, den = load_run(tmp_path / "run", use_ema=False)
-    assert isinstance(den, MaskedAutoencoder) and checkpoint.latest(tmp_path / "run")
-    x = torch.rand(5, 3, 8, 8) * 2 - 1
-    feats = den.features(x, 10, [1])[0]  # any t: MAE has none (constant schedule)
-    torch.testing.assert_close(den.features(x, 0, [1])[0], feats)
-    export(tmp_path / "run", tmp_path / "vit", t=0, blocks=1, use_ema=False)
-    vit = load_vit(str(tmp_path / "vit"), "", 8).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(vit(x), feats, rtol=1e-4, atol=1e-4)
+    den, x, feats, vit_feats = trained_and_exported(mae_cfg("optim.epochs=1"), tmp_path)
+    assert isinstance(den, MaskedAutoencoder)
+    torch.testing.assert_close(den.features(x, 10, [1])[0], feats)  # any t: MAE has none
+    torch.testing.assert_close(vit_feats, feats, rtol=1e-4, atol=1e-4)
 
 
 def test_mae_counts_the_encoder_on_the_visible_tokens_only():

@@ -3,12 +3,10 @@ copy and moves by the schedule, gradients reach only the trained encoder and MLP
 resume, 2 processes = 1, and the trained encoder probes and exports like an l-DAE run."""
 import pytest
 import torch
-from _ddp import spawn
-from test_pretrain import TINY, assert_same_state, final_state
+from test_mae import trained_and_exported
+from test_pretrain import TINY, assert_same_state, assert_two_processes_equal_one, resumed_pair
 
 from ldae.config import load_config
-from ldae.engine import pretrain
-from ldae.engine.common import load_run
 from ldae.errors import ConfigError
 from ldae.objectives import MocoV3, build
 from ldae.objectives.moco import momentum_at
@@ -65,12 +63,7 @@ def test_moco_needs_pixel_patches():
 
 
 def test_moco_resume_is_exact(tmp_path):
-    cfg = moco_cfg()
-    pretrain.run(cfg, tmp_path / "full")
-    pretrain.run(cfg, tmp_path / "split", max_steps=5)
-    resumed = pretrain.run(cfg, tmp_path / "split", resume="auto")
-    assert resumed["steps"] == 8 and resumed["steps_this_run"] == 3
-    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    a, b = resumed_pair(moco_cfg(), tmp_path)
     assert any(k.startswith("momentum.") for k in a["model"])
     assert_same_state(a, b)
     for k in a["model"]:  # batch-norm statistics too
@@ -81,27 +74,10 @@ def test_moco_two_process_run_equals_one(tmp_path):
     # the random patch projection (MoCo v3's option) kept frozen: at init the blocks are the
     # identity (adaLN-Zero) and the projector's batch norm removes a constant shift, so the patch
     # embedding's bias has a gradient of rounding noise only, which Adam scales up to a full step
-    over = TINY + MOCO + ["optim.epochs=0.5", "optim.warmup_epochs=0", "train.device=cpu",
-                          "objective.frozen_patch_embed=true"]
-    pretrain.run(load_config(None, over), tmp_path / "one")
-    spawn("pretrain", tmp_path / "two", over)
-    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
-    assert a["step"] == b["step"] == 2
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert_two_processes_equal_one(MOCO + ["objective.frozen_patch_embed=true"], tmp_path)
 
 
 def test_trained_moco_loads_probes_and_exports_like_an_ldae_run(tmp_path):
-    from ldae.engine.export import export
-    from ldae.models.vit import load_vit
-
-    cfg = moco_cfg("optim.epochs=1")
-    pretrain.run(cfg, tmp_path / "run")
-    _, den = load_run(tmp_path / "run", use_ema=False)
+    den, _, feats, vit_feats = trained_and_exported(moco_cfg("optim.epochs=1"), tmp_path)
     assert isinstance(den, MocoV3) and den.backbone.encoder_blocks == den.backbone.depth == 1
-    x = torch.rand(5, 3, 8, 8) * 2 - 1
-    feats = den.features(x, 0, [1])[0]
-    export(tmp_path / "run", tmp_path / "vit", t=0, blocks=1, use_ema=False)
-    vit = load_vit(str(tmp_path / "vit"), "", 8).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(vit(x), feats, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(vit_feats, feats, rtol=1e-4, atol=1e-4)

@@ -43,6 +43,28 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["step"] == b["step"]
 
 
+def resumed_pair(cfg, tmp_path) -> tuple[dict, dict]:
+    """(final state of the whole run, of 5 steps then ``--resume auto``); the run has 8 steps."""
+    full = pretrain.run(cfg, tmp_path / "full")
+    assert full["steps"] == 8  # 64 // 16 = 4 steps per epoch, 2 epochs
+    part = pretrain.run(cfg, tmp_path / "split", max_steps=5)
+    assert part["steps"] == 5
+    resumed = pretrain.run(cfg, tmp_path / "split", resume="auto")
+    assert resumed["steps"] == 8 and resumed["steps_this_run"] == 3
+    return final_state(tmp_path / "full"), final_state(tmp_path / "split")
+
+
+def assert_two_processes_equal_one(over: list[str], tmp_path) -> None:
+    """Half an epoch (2 steps) on 1 process and on 2 gloo processes: the same weights."""
+    over = TINY + over + ["optim.epochs=0.5", "optim.warmup_epochs=0", "train.device=cpu"]
+    pretrain.run(load_config(None, over), tmp_path / "one")
+    spawn("pretrain", tmp_path / "two", over)
+    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    assert a["step"] == b["step"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+
+
 def test_one_batch_overfits():
     cfg = tiny("diffusion.schedule=constant")
     x = torch.rand(8, 3, 8, 8) * 2 - 1
@@ -63,13 +85,7 @@ def test_one_batch_overfits():
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_is_exact(tmp_path, ema):
     cfg = tiny(f"optim.ema={ema}", "data.crop=random_resized")
-    full = pretrain.run(cfg, tmp_path / "full")
-    assert full["steps"] == 8  # 64 // 16 = 4 steps per epoch, 2 epochs
-    part = pretrain.run(cfg, tmp_path / "split", max_steps=5)
-    assert part["steps"] == 5
-    resumed = pretrain.run(cfg, tmp_path / "split", resume="auto")
-    assert resumed["steps"] == 8 and resumed["steps_this_run"] == 3
-    assert_same_state(final_state(tmp_path / "full"), final_state(tmp_path / "split"))
+    assert_same_state(*resumed_pair(cfg, tmp_path))
     # metrics.jsonl has no duplicated steps after the resume
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))
@@ -119,14 +135,7 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_step_equals_one_process(tmp_path):
-    over = TINY + ["optim.epochs=0.5", "optim.warmup_epochs=0", "data.crop=random_resized",
-                   "train.device=cpu"]
-    pretrain.run(load_config(None, over), tmp_path / "one")
-    spawn("pretrain", tmp_path / "two", over)
-    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
-    assert a["step"] == b["step"] == 2
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert_two_processes_equal_one(["data.crop=random_resized"], tmp_path)
 
 
 def test_data_wait_share_is_logged_and_sees_a_slow_loader(tmp_path, monkeypatch):
