@@ -43,6 +43,8 @@ from torch.utils.data import Subset
 
 from ..checkpoint import atomic_path, atomic_write_json, load_tensor_file
 from ..config import Config
+from ..data import build_dataset
+from ..data.loader import iterate_in_order
 from ..dist import Runtime, setup
 from ..errors import CheckpointError, ConfigError
 from ..logging import Timer, progress
@@ -134,7 +136,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def inception(weights: str | Path, device: torch.device) -> Extractor:
     """torch-fidelity's FID Inception-V3 with the weights of ``weights`` (2048-d features)."""
-    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: loads torchvision; trajectory --list imports fid
+    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: only an FID run needs it
         FeatureExtractorInceptionV3)
 
     path = Path(weights)
@@ -166,7 +168,7 @@ def write_standin_weights(path: str | Path, seed: int = 0) -> Path:
 
     For plumbing checks where the real file cannot be had (tests, machines without internet):
     everything but the weights is the real pipeline. An FID from this file means nothing."""
-    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: loads torchvision; trajectory --list imports fid
+    from torch_fidelity.feature_extractor_inceptionv3 import (  # lazy: only an FID run needs it
         FeatureExtractorInceptionV3 as Net)
 
     with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
@@ -231,8 +233,6 @@ def _shard(images: np.ndarray, rt: Runtime, batch: int):
 def _dataset_shard(ds, n: int, rt: Runtime, batch: int, workers: int = 0):
     """This rank's share of the first n images of a dataset, streamed as uint8 (B, 3, H, W)
     batches (never the whole set in memory: an ImageFolder reference may be ImageNet)."""
-    from ..data.loader import iterate_in_order  # lazy: loads torchvision; trajectory --list imports fid
-
     lo, hi = _my_range(n, rt)
     if hasattr(ds, "gather"):
         for i in range(lo, hi, batch):
@@ -262,8 +262,6 @@ def reference_key(cfg: Config, extractor: Extractor) -> tuple[str, dict]:
 def reference_stats(cfg: Config, extractor: Extractor, rt: Runtime, show: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, int, dict]:
     """(mu, sigma, n, description) of the reference images, from the cache or computed once."""
-    from ..data import build_dataset  # lazy: loads torchvision; trajectory --list imports fid
-
     name, desc = reference_key(cfg, extractor)
     path = cache_dir(cfg) / f"{name}.npz"
     if path.is_file():
