@@ -5,7 +5,7 @@
 
 Reads only what the runs wrote (``eval/linprobe*.json``, ``train_summary.json``,
 ``metrics.jsonl``): the final ``cifar10-cpu`` runs of ``bench/ldae_final.sh``
-(``FINAL/{ldae,ddm,pixel}-s{SEED}`` with probes tagged ``ep1``, ``ep2``, ``ep4``, the final
+(``FINAL/{ldae,ddm,pixel,mae,mocov3}-s{SEED}`` with probes tagged ``ep1``, ``ep2``, ``ep4``, the final
 ``linprobe.json`` and, for the l-DAE, ``linprobe-original.json``; ``FINAL/pixels{32,64}-s{SEED}``
 raw-pixel probes) and the 1-epoch Tab. 3 chain (``CHAIN/traj-{none,unit}/rows/ROW``, probed with
 the original image and, tagged ``projected``, the projected one). ``--keep DIR`` copies those small
@@ -26,7 +26,8 @@ import statistics
 from pathlib import Path
 
 KINDS = {"ldae": "l-DAE (Tab. 3 last line)", "ddm": "PCA DDM (Tab. 3 line 1)",
-         "pixel": "pixel DDM (Fig. 5, d = D = 192)"}
+         "pixel": "pixel DDM (Fig. 5, d = D = 192)", "mae": "MAE (Tab. 4; cifar10-cpu-mae)",
+         "mocov3": "MoCo v3 (Tab. 4; cifar10-cpu-mocov3)"}
 CHAIN = [("tab2-pca-d32", "patch-wise PCA baseline", 65.1), ("tab3-predict-z0", "+ predict z0", 62.4),
          ("tab3-no-input-scaling", "+ remove input scaling", 63.6),
          ("tab3-image-input", "+ image input", 63.6), ("tab3-image-output", "+ image output", 63.9),
@@ -159,7 +160,8 @@ def plots(final: Path, rec: dict, out: Path) -> None:
 
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
-    colours = {"ldae": "tab:blue", "ddm": "tab:orange", "pixel": "tab:gray"}
+    colours = {"ldae": "tab:blue", "ddm": "tab:orange", "pixel": "tab:gray", "mae": "tab:green",
+               "mocov3": "tab:purple"}
     for kind, title in KINDS.items():
         runs = seeds(final, kind)
         if not runs:

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from ldae.config import Config, DiffusionConfig, preset_names
 from ldae.engine import trajectory as tj
@@ -23,8 +24,10 @@ def built():
 
 def test_every_paper_row_is_a_named_config():
     names = tj.row_names()
-    assert len(names) == 41
-    assert names[0] == "tab1-dit" and names[-1] == "sec5-vitl"
+    assert len(names) == 49
+    assert names[0] == "tab1-dit" and names[-1] == "tab4-mocov3-vitl"
+    # Tab. 4: three systems x two sizes, and the two baselines again at the l-DAE's wall time
+    assert len([n for n in names if n.startswith("tab4-")]) == 8
     # Tab. 2: 4 tokenizers x 5 dims (two cells empty in the paper); Fig. 5: 4 sizes
     assert len([n for n in names if n.startswith("tab2-")]) == 20
     assert len([n for n in names if n.startswith("fig5-")]) == 4
@@ -107,6 +110,7 @@ def test_user_overrides_apply_but_the_row_owns_its_d_and_size():
 
 def test_select_rows_tables_and_globs():
     assert tj.select("tab3")[0] == "tab3-pca" and len(tj.select("tab3")) == 7
+    assert tj.select("tab4")[:3] == ["tab4-ldae", "tab4-mae", "tab4-mocov3"]
     assert tj.select("tab2-pca-*") == [f"tab2-pca-d{d}" for d in (8, 16, 32, 64, 128)]
     assert tj.select("tab3-ldae,tab1-dit") == ["tab1-dit", "tab3-ldae"]  # paper order
     with pytest.raises(ConfigError, match="tab3-ldea"):
@@ -223,3 +227,77 @@ def test_tab1_rows_score_fid_when_given_weights_and_the_table_shows_it(tmp_path,
     assert recs[0]["fid"] == 12.5 and recs[0]["fid_n"] == 8
     (out / "trajectory.json").write_text(json.dumps({"scale": "debug"}))
     assert "| 12.50 (8) |" in tr.results_markdown("debug", recs, out, tj.row_meta())
+
+
+def test_tab4_rows_are_the_baselines_at_the_l_daes_images(built):
+    for scale in SCALES:
+        r = {n: built[scale][n].cfg for n in tj.select("tab4")}
+        ldae = r["tab4-ldae"]
+        assert ldae.objective.name == "diffusion" and ldae.data.crop == "random_resized"
+        assert ldae.optim.epochs == built[scale]["sec5-1600ep"].cfg.optim.epochs
+        for name, objective in (("tab4-mae", "mae"), ("tab4-mocov3", "moco_v3")):
+            c = r[name]
+            assert c.objective.name == objective and c.tokenizer.name == "pixel"
+            assert c.tokenizer.dim == 3 * c.model.patch_size ** 2  # whole patches
+            # the same images seen, the same model, the papers' peak lr (3x the l-DAE's)
+            assert (c.optim.epochs, c.optim.batch_size, c.data.image_size, c.model.name) == (
+                ldae.optim.epochs, ldae.optim.batch_size, ldae.data.image_size, ldae.model.name)
+            assert c.optim.blr == pytest.approx(3 * ldae.optim.blr)
+        assert r["tab4-mocov3"].objective.frozen_patch_embed and r["tab4-mocov3"].data.crop == "center"
+        assert r["tab4-mae"].optim.betas == (0.9, 0.95) and r["tab4-mae"].objective.mask_ratio == 0.75
+        for n in ("tab4-ldae", "tab4-mae", "tab4-mocov3"):
+            assert r[n + "-vitl"].model.name == built[scale]["sec5-vitl"].cfg.model.name
+            assert r[n].model.name == built[scale]["sec5-vitb"].cfg.model.name
+    assert built["imagenet"]["tab4-mocov3"].cfg.objective.proj_hidden == 4096  # MoCo v3's own width
+    paper = {n: built["debug"][n].paper_acc for n in tj.select("tab4")}
+    assert (paper["tab4-mocov3"], paper["tab4-mae"], paper["tab4-ldae"]) == (76.7, 68.0, 66.6)
+    assert (paper["tab4-mocov3-vitl"], paper["tab4-mae-vitl"], paper["tab4-ldae-vitl"]) == (77.6, 75.8, 75.0)
+    assert paper["tab4-mae-time"] is None  # the paper compares at equal epochs only
+
+
+def test_equal_time_rows_scale_their_parents_budget_by_the_measured_wall_times():
+    row = tj.build_row("tab4-mae-time", "debug")
+    assert (row.equal_time, row.parent) == ("tab4-ldae", "tab4-mae")
+    epochs, warmup = row.cfg.optim.epochs, row.cfg.optim.warmup_epochs
+    assert not tj.match_wall_time(row, {"tab4-ldae": {"pretrain": {"wall_seconds": 300.0}}})
+    assert "tab4-mae" in row.skip and "finished first" in row.skip
+    row.skip = None
+    results = {"tab4-ldae": {"pretrain": {"wall_seconds": 300.0}},
+               "tab4-mae": {"pretrain": {"wall_seconds": 200.0}}}
+    assert tj.match_wall_time(row, results)
+    assert row.cfg.optim.epochs == pytest.approx(1.5 * epochs)
+    assert row.cfg.optim.warmup_epochs == pytest.approx(1.5 * warmup)
+    assert row.meta["time_factor"] == 1.5
+
+
+def test_tab4_equal_time_rows_run_after_their_references_and_get_their_own_table(tmp_path, capsys):
+    out = tmp_path / "traj"
+    quick = QUICK + ["objective.proj_hidden=32", "objective.proj_dim=16"]
+    res = {r["row"]: r for r in tj.run("debug", out, "tab4-mocov3-time", quick, show=lambda s: None)}
+    assert list(res) == ["tab4-ldae", "tab4-mocov3", "tab4-mocov3-time"]  # pulled in, in order
+    assert all(r["status"] == "ran" for r in res.values()), res
+    walls = {n: res[n]["pretrain"]["wall_seconds"] for n in res}
+    f = walls["tab4-ldae"] / walls["tab4-mocov3"]
+    cfgs = {n: yaml.safe_load((out / "rows" / n / "config.yaml").read_text()) for n in res}
+    assert cfgs["tab4-mocov3-time"]["optim"]["epochs"] == pytest.approx(f * cfgs["tab4-mocov3"]["optim"]["epochs"], abs=1e-3)
+    assert cfgs["tab4-mocov3-time"]["objective"]["name"] == "moco_v3"
+    md = (out / "results.md").read_text()
+    assert "At equal pretraining images seen" in md and "At equal pretraining wall time" in md
+    same_images, same_time = md.split("At equal pretraining wall time")
+    assert "`tab4-mocov3-time`" not in same_images and "`tab4-mocov3-time`" in same_time
+    assert "`tab4-ldae`" in same_time  # the reference sits beside it
+    line = next(ln for ln in same_images.splitlines() if ln.startswith("| `tab4-mocov3`"))
+    d_ours = res["tab4-mocov3"]["probe"]["top1"] - res["tab4-ldae"]["probe"]["top1"]
+    assert f"+10.1 / {d_ours:+.1f}" in line  # Δ vs the l-DAE: paper 76.7 - 66.6, ours
+    # a rerun finds every row done, and the equal-time budget the same (no config conflict)
+    again = tj.run("debug", out, "tab4-mocov3-time", quick, show=lambda s: None)
+    assert [r["status"] for r in again] == ["done (cached)"] * 3
+    # the command prints the Tab. 4 tables (all cached: nothing retrains)
+    from ldae.cli import main
+
+    capsys.readouterr()
+    assert main(["trajectory", "--scale", "debug", "--rows", "tab4", "--out", str(out), "--list"]) == 0
+    assert "tab4-mae-time" in capsys.readouterr().out
+    assert main(["trajectory", "--scale", "debug", "--rows", "tab4-mocov3-time", "--out", str(out), *quick]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("At equal pretraining") == 2 and "`tab4-mocov3-time`" in printed

@@ -251,6 +251,9 @@ def cmd_trajectory(args) -> None:
         return
     out = Path(args.out or f"runs/trajectory-{args.scale}")
     trajectory.run(args.scale, out, args.rows, args.overrides, full=args.full)
+    md = (out / "results.md").read_text()
+    if "\n## Tab. 4" in md:  # the comparison people ask for: shown, not only written
+        print(md[md.index("\n## Tab. 4") + 1:].split("\n## ")[0])
     print(f"results: {out / 'results.md'}")
 
 

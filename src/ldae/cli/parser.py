@@ -107,10 +107,10 @@ def _add_finetune(sub) -> None:
 
 def _add_trajectory(sub) -> None:
     p = sub.add_parser("trajectory", help="run rows of the paper's deconstruction at a scale and "
-                       "write results.md/csv + plots (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5)")
+                       "write results.md/csv + plots (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5, Tab. 4)")
     p.add_argument("--scale", required=True, help="scale preset: debug, cifar10-cpu, cifar10-gpu, imagenet")
     p.add_argument("--rows", default=None,
-                   help="comma list of row names, tables (tab1,tab2,fig5,tab3,sec5) or globs "
+                   help="comma list of row names, tables (tab1,tab2,fig5,tab3,sec5,tab4) or globs "
                         "(e.g. 'tab2-pca-*'); default: all")
     p.add_argument("--out", default=None, help="output dir (default runs/trajectory-SCALE)")
     p.add_argument("--full", action="store_true", help="full linear-probe protocol (default: --fast)")

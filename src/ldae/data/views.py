@@ -85,13 +85,17 @@ def _jitter(u: torch.Tensor, g: torch.Generator, rows: Rows | None) -> torch.Ten
     sat = draw(lambda m: torch.empty(m).uniform_(0.8, 1.2, generator=g))
     hue = draw(lambda m: torch.empty(m).uniform_(-0.1, 0.1, generator=g))
     order = draw(lambda m: torch.rand(m, 4, generator=g).argsort(1))  # (B, 4)
-    ops = (lambda v: _blend(v, torch.zeros_like(v), bright),
-           lambda v: _blend(v, _gray(v).mean((1, 2, 3), keepdim=True).expand_as(v), contrast),
-           lambda v: _blend(v, _gray(v).expand_as(v), sat),
-           lambda v: _hue(v, hue))
-    for step in range(4):
-        outs = torch.stack([op(u) for op in ops])  # (4, B, 3, H, W)
-        u = outs[order[:, step], torch.arange(u.shape[0], device=u.device)]
+    ops = ((lambda v, f: _blend(v, torch.zeros_like(v), f), bright),
+           (lambda v, f: _blend(v, _gray(v).mean((1, 2, 3), keepdim=True).expand_as(v), f), contrast),
+           (lambda v, f: _blend(v, _gray(v).expand_as(v), f), sat),
+           (_hue, hue))
+    for step in range(4):  # each op runs on the images whose step-th op it is, with their factors
+        out = torch.empty_like(u)
+        for k, (op, factor) in enumerate(ops):
+            idx = (order[:, step] == k).nonzero().squeeze(1)
+            if idx.numel():
+                out[idx] = op(u[idx], factor[idx])
+        u = out
     return u
 
 

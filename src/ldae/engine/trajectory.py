@@ -1,10 +1,12 @@
-"""``ldae trajectory``: the paper's deconstruction (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5) as runs.
+"""``ldae trajectory``: the paper's deconstruction (Tab. 1, Tab. 2, Fig. 5, Tab. 3, Sec. 5) and its
+comparison with MAE and MoCo v3 (Tab. 4) as runs.
 
 A **row** is a named config in ``configs/trajectory/`` that inherits from the row before it, as
 the paper builds each line on the previous one. Its ``row:`` section says where it sits (table,
 order, title, the paper's numbers) and what it means in the paper's units: the latent dim ``d``
 (8..128 per 16x16x3 patch), the pixel tokenizer's image size (256..32 px), the number of
-epochs (400 = the default) and the model ``size`` (B, halfL, L). A **scale** in
+epochs (400 = the default), the model ``size`` (B, halfL, L) and ``lr_scale`` (a peak lr relative
+to the scale's l-DAE lr, for Tab. 4's baselines). A **scale** in
 ``configs/scale/`` maps those units onto a dataset (its ``scale:`` section: the d grid, the pixel
 sizes, the model ladder, which paper epoch count its ``optim.epochs`` stands for, and per-tokenizer
 fit settings under ``fit:``), so one row runs at any scale. A row's config is built as
@@ -23,6 +25,11 @@ plots ``OUT/figures/{trajectory,tab2,fig5}.png``. A row whose config cannot be b
 (the perceptual-loss rows without a local VGG16 file, a conv VAE at a d that is not a multiple of
 4) is listed with the reason and skipped; ``same_as`` rows reuse another row's run (the paper
 reports the same system in two tables).
+
+An ``equal_time: ROW`` row (Tab. 4 at equal wall time) is its parent trained for as long as ROW
+took on this machine: its epochs and warmup are the parent's scaled by the ratio of the two
+finished runs' pretraining wall times (``train_summary.json``), so both run before it; selecting
+it selects them.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ import yaml
 
 from ..checkpoint import atomic_write_json
 from ..config import (Config, TokenizerConfig, diff_configs, find_preset, load_config, preset_names,
-                      read_preset)
+                      read_preset, validate)
 from ..dist import setup
 from ..errors import ConfigError, LdaeError
 from ..tokenizers.pixel import PixelTokenizer
@@ -54,9 +61,10 @@ TABLES = {
     "fig5": "Fig. 5: pixel tokenizer (noise added to pixels), token count fixed",
     "tab3": "Tab. 3: toward a classical DAE (from patch-wise PCA)",
     "sec5": "Sec. 5: random crop, epochs, model size",
+    "tab4": "Tab. 4: l-DAE beside MAE and MoCo v3 on the same ViT, data and probe",
 }
 # row keys that belong to the file itself, never inherited from the row before it
-OWN_KEYS = ("title", "paper", "same_as", "order")
+OWN_KEYS = ("title", "paper", "same_as", "order", "equal_time")
 
 
 @dataclass
@@ -68,6 +76,8 @@ class Row:
     paper_acc: float | None = None
     paper_fid: float | None = None
     same_as: str | None = None
+    equal_time: str | None = None  # trained for as long as this row took (Tab. 4 at equal wall time)
+    parent: str | None = None  # the row it inherits
     cfg: Config | None = None
     skip: str | None = None  # why this row cannot run at this scale
     meta: dict = field(default_factory=dict)
@@ -94,7 +104,8 @@ def row_meta() -> RowMeta:
     ``inherit:``) and its own paper top-1."""
     names = row_names()
     return RowMeta(tables=TABLES, parents={n: _raw_row(n).get("inherit") for n in names},
-                   paper_acc={n: (_own_row(n).get("paper") or {}).get("acc") for n in names})
+                   paper_acc={n: (_own_row(n).get("paper") or {}).get("acc") for n in names},
+                   equal_time={n: _own_row(n)["equal_time"] for n in names if _own_row(n).get("equal_time")})
 
 
 def load_scale(scale: str) -> tuple[dict, dict]:
@@ -131,6 +142,8 @@ def _derived(meta: dict, smeta: dict, cfg0: Config, name: str) -> list[str]:
         out.append(f"optim.epochs={cfg0.optim.epochs * f}")
     for k, v in (smeta.get("fit") or {}).get(cfg0.tokenizer.name, {}).items():  # the scale's fit settings per tokenizer
         out.append(f"tokenizer.{k}={v}")
+    if meta.get("lr_scale"):
+        out.append(f"optim.blr={cfg0.optim.blr * float(meta['lr_scale'])}")
     if meta.get("size"):
         size = smeta["sizes"].get(meta["size"])
         if size is None:
@@ -152,7 +165,8 @@ def build_row(name: str, scale: str, overrides: list[str] | None = None) -> Row:
     paper = meta.get("paper") or {}
     row = Row(name=name, table=meta.get("table", "?"), order=int(meta.get("order", 0)),
               title=meta.get("title", name), paper_acc=paper.get("acc"), paper_fid=paper.get("fid"),
-              same_as=meta.get("same_as"), meta=meta)
+              same_as=meta.get("same_as"), equal_time=meta.get("equal_time"),
+              parent=_raw_row(name).get("inherit"), meta=meta)
     try:
         cfg0 = load_config(None, overrides, check=False, layers=[copy.deepcopy(layer), merged])
         row.cfg = load_config(None, list(overrides or []) + _derived(meta, smeta, cfg0, name),
@@ -163,7 +177,7 @@ def build_row(name: str, scale: str, overrides: list[str] | None = None) -> Row:
 
 
 def select(spec: str | None) -> list[str]:
-    """Row names from a comma list of names, tables (tab1, tab2, fig5, tab3, sec5) or globs."""
+    """Row names from a comma list of names, tables (tab1, tab2, fig5, tab3, sec5, tab4) or globs."""
     names = row_names()
     if not spec or spec == "all":
         return names
@@ -280,9 +294,12 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
     base = load_config(None, overrides, layers=[copy.deepcopy(layer)])  # bad overrides fail here, before any work
     names = select(rows)
     built = {n: build_row(n, scale, overrides) for n in names}
-    for r in list(built.values()):  # a reused row needs the row it reuses
-        if r.same_as and r.same_as not in built:
-            built[r.same_as] = build_row(r.same_as, scale, overrides)
+    pending = list(built.values())
+    while pending:  # the rows a selected row needs: the one it reuses, or its equal-time references
+        for dep in _needs(pending.pop()):
+            if dep not in built:
+                built[dep] = build_row(dep, scale, overrides)
+                pending.append(built[dep])
     order = row_names()
     todo = sorted(built.values(), key=lambda r: order.index(r.name))
     skipped = [r for r in todo if r.skip]
@@ -303,6 +320,9 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
             continue
         if r.same_as:
             continue
+        if r.equal_time and not match_wall_time(r, results):
+            results[r.name] = {"status": "skipped", "reason": r.skip}
+            continue
         show(f"== {r.name}: {r.title}")
         try:
             results[r.name] = run_row(r, out, show)
@@ -313,6 +333,40 @@ def run(scale: str, out: Path, rows: str | None = None, overrides: list[str] | N
     _fill_same_as(todo, results)
     write_results(out, scale, _with_finished(out, scale, todo, overrides, results), results, rmeta)
     return [{"row": r.name, **results.get(r.name, {})} for r in todo]
+
+
+def _needs(r: Row) -> list[str]:
+    """The rows ``r`` cannot run without: the one it reuses, or the two whose wall times set its epochs."""
+    if r.same_as:
+        return [r.same_as]
+    return [r.equal_time, r.parent] if r.equal_time else []
+
+
+def match_wall_time(r: Row, results: dict[str, dict]) -> bool:
+    """Give an ``equal_time`` row its budget: its parent's epochs and warmup scaled by the ratio
+    of the two references' measured pretraining wall times (``results[...]["pretrain"]``, which
+    a finished row's ``train_summary.json`` also holds). False, with ``r.skip`` saying why, when a
+    reference has not finished or the scaled budget is not a valid config."""
+    if r.cfg is None:
+        return False
+    walls = {n: ((results.get(n) or {}).get("pretrain") or {}).get("wall_seconds") for n in (r.equal_time, r.parent)}
+    missing = [n for n, w in walls.items() if not w]
+    if missing:
+        r.skip = (f"needs {' and '.join(missing)} finished first: the pretraining wall times of "
+                  f"{r.equal_time} and {r.parent} set its epochs. Run them (or select this row: "
+                  "that selects them).")
+        return False
+    f = walls[r.equal_time] / walls[r.parent]
+    cfg = copy.deepcopy(r.cfg)
+    cfg.optim.epochs = round(cfg.optim.epochs * f, 4)
+    cfg.optim.warmup_epochs = round(cfg.optim.warmup_epochs * f, 4)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        r.skip = f"the equal-time budget ({cfg.optim.epochs:g} epochs) is not a valid config: {e}"
+        return False
+    r.cfg, r.meta["time_factor"] = cfg, round(f, 4)
+    return True
 
 
 def _fill_same_as(todo: list[Row], results: dict[str, dict]) -> None:
@@ -378,12 +432,15 @@ def describe(scale: str, rows: str | None = None, overrides: list[str] | None = 
             continue
         c, dz = r.cfg, r.cfg.diffusion
         extra = f" same as {r.same_as}" if r.same_as else ""
-        lines.append(f"  {n:24s} {c.tokenizer.name}:d={c.tokenizer.dim} {dz.schedule}/{dz.target}/"
-                     f"{dz.loss_weight} in={dz.input_space} out={dz.output_space} "
+        if r.equal_time:
+            extra = f" (epochs x wall time of {r.equal_time} / {r.parent})"
+        what = (f"{dz.schedule}/{dz.target}/{dz.loss_weight} in={dz.input_space} out={dz.output_space}"
+                if c.objective.name == "diffusion" else f"objective={c.objective.name}")
+        lines.append(f"  {n:24s} {c.tokenizer.name}:d={c.tokenizer.dim} {what} "
                      f"cond={'y' if c.model.class_cond else 'n'} {c.model.name} {c.optim.epochs:g}ep "
                      f"crop={c.data.crop}{extra}")
     return "\n".join(lines)
 
 
 __all__ = ["row_names", "build_row", "select", "run", "describe", "tokenizer_key", "load_scale",
-           "load_records", "row_meta", "TABLES"]
+           "load_records", "row_meta", "match_wall_time", "TABLES"]

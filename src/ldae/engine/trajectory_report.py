@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -35,9 +35,9 @@ FIG6_LABELS = ("DiT baseline", "- class cond.", "- perceptual", "- adversarial",
                "predict image (l-DAE)")
 PAPER_D = (8, 16, 32, 64, 128)
 PAPER_PIXEL = (256, 128, 64, 32)
-CSV_FIELDS = ("row", "table", "title", "paper_acc", "paper_fid", "top1", "top5", "fid", "fid_n", "status", "tokenizer",
-              "d", "full_dim", "model", "epochs", "pretrain_s", "probe_s", "img_per_s", "final_loss",
-              "probe_mode", "reason")
+CSV_FIELDS = ("row", "table", "title", "paper_acc", "paper_fid", "top1", "top5", "fid", "fid_n", "status",
+              "objective", "tokenizer", "d", "full_dim", "model", "epochs", "images", "pretrain_s", "probe_s",
+              "img_per_s", "final_loss", "probe_mode", "reason")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class RowMeta:
     tables: Mapping[str, str]  # table key -> its title (the section headings)
     parents: Mapping[str, str | None]  # row -> the row it modifies (its ``inherit:``)
     paper_acc: Mapping[str, float | None]  # every row -> its own paper top-1 (None: not given)
+    # Tab. 4 at equal wall time: row -> the row whose pretraining wall time it was given
+    equal_time: Mapping[str, str] = field(default_factory=dict)
 
 
 def hardware(threads: int = 0) -> str:
@@ -82,7 +84,10 @@ def _record(r: Row, res: dict) -> dict:
            "status": res.get("status", "not run"), "reason": res.get("reason", "") or "",
            "tokenizer": c.tokenizer.name if c else "", "d": c.tokenizer.dim if c else "",
            "full_dim": 3 * c.model.patch_size ** 2 if c else "", "model": c.model.name if c else "",
-           "epochs": c.optim.epochs if c else "", "pretrain_s": pre.get("wall_seconds"),
+           "objective": c.objective.name if c else "",
+           # what the run did (an equal-time row's epochs are set at run time), else what it will do
+           "epochs": pre.get("epochs") or (c.optim.epochs if c else ""), "images": pre.get("images"),
+           "pretrain_s": pre.get("wall_seconds"),
            "probe_s": probe.get("seconds"), "img_per_s": pre.get("img_per_s"),
            "final_loss": pre.get("final_loss"), "probe_mode": probe.get("mode", ""),
            "fid": (res.get("fid") or {}).get("fid"), "fid_n": (res.get("fid") or {}).get("n")}
@@ -141,6 +146,9 @@ def results_markdown(scale: str, recs: list[dict], out: Path, meta: RowMeta) -> 
     for rec in recs:
         by_table.setdefault(rec["table"], []).append(rec)
     for table, rs in by_table.items():
+        if table == "tab4":
+            lines += tab4_markdown(rs, by_name, meta)
+            continue
         lines += [f"## {meta.tables.get(table, table)}", "",
                   "| row | system | d | paper acc | paper FID | ours top-1 | ours top-5 | ours FID (n) | Δ vs parent: paper / ours | status |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -164,6 +172,45 @@ def results_markdown(scale: str, recs: list[dict], out: Path, meta: RowMeta) -> 
     if figs:
         lines += ["## Plots", ""] + [f"![{f}](figures/{f}.png)" for f in figs] + [""]
     return "\n".join(lines)
+
+
+def _baseline(rec: dict, tab4: list[dict], meta: RowMeta) -> dict | None:
+    """The l-DAE a Tab. 4 row is compared with: the row whose wall time it was given, else the
+    diffusion row (the l-DAE) of the same model."""
+    if rec["row"] in meta.equal_time:
+        return next((r for r in tab4 if r["row"] == meta.equal_time[rec["row"]]), None)
+    return next((r for r in tab4 if r["objective"] == "diffusion" and r["model"] == rec["model"]
+                 and r["row"] not in meta.equal_time), None)
+
+
+def tab4_markdown(tab4: list[dict], by_name: Mapping[str, dict], meta: RowMeta) -> list[str]:
+    """Tab. 4 twice: at equal pretraining images (the paper's comparison, every row but the
+    equal-time ones) and at equal wall time on this machine (each equal-time row beside the
+    l-DAE whose wall time it was given). Δ = the row minus its l-DAE, paper / ours."""
+    head = ("| row | system | model | paper acc | ours top-1 | ours top-5 | Δ vs l-DAE: paper / ours | "
+            "epochs | images seen | pretrain wall (s) | img/s | status |")
+
+    def line(rec):
+        base = _baseline(rec, tab4, meta)
+        delta = "—"
+        if base is not None and base is not rec:
+            delta = f"{_sgn(_diff(rec['paper_acc'], base['paper_acc']))} / {_sgn(_diff(rec['top1'], base['top1']))}"
+        status = rec["status"] + (f": {first_sentence(rec['reason'])}" if rec["reason"] else "")
+        images = f"{rec['images']:,}" if isinstance(rec["images"], int) else "—"
+        return (f"| `{rec['row']}` | {rec['title']} | {rec['model']} | {_fmt(rec['paper_acc'])} | "
+                f"{_fmt(rec['top1'], 2)} | {_fmt(rec['top5'], 2)} | {delta} | {_fmt(rec['epochs'], 2)} | "
+                f"{images} | {_fmt(rec['pretrain_s'], 0)} | {_fmt(rec['img_per_s'], 1)} | {status} |")
+
+    timed = [r for r in tab4 if r["row"] in meta.equal_time]
+    refs = {meta.equal_time[r["row"]] for r in timed}
+    lines = [f"## {meta.tables.get('tab4', 'Tab. 4')}", "", "At equal pretraining images seen (the paper's "
+             "comparison; its numbers at ImageNet scale):", "", head, "|---" * 12 + "|"]
+    lines += [line(r) for r in tab4 if r["row"] not in meta.equal_time]
+    if timed:
+        lines += ["", "At equal pretraining wall time on this machine (each baseline's epochs scaled by "
+                  "the l-DAE's wall time over its own; no paper numbers):", "", head, "|---" * 12 + "|"]
+        lines += [line(by_name[n]) for n in sorted(refs) if n in by_name] + [line(r) for r in timed]
+    return lines + [""]
 
 
 def first_sentence(text: str) -> str:
