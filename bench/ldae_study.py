@@ -128,6 +128,8 @@ def merge_chain(chain: Path, keep: Path | None) -> dict:
 
 def keep_final(final: Path, keep: Path) -> None:
     """Copy the final runs' small result files into KEEP/final/RUN (eval JSONs, summary, metrics)."""
+    if final.resolve() == (keep / "final").resolve():  # reading the record itself: nothing to copy
+        return
     for run in sorted(p for p in final.iterdir() if p.is_dir()):
         dst = keep / "final" / run.name
         files = [run / "train_summary.json", run / "metrics.jsonl", run / "config.yaml"]
