@@ -349,6 +349,8 @@ def match_wall_time(r: Row, results: dict[str, dict]) -> bool:
     reference has not finished or the scaled budget is not a valid config."""
     if r.cfg is None:
         return False
+    if "time_factor" in r.meta:  # already given its budget
+        return True
     walls = {n: ((results.get(n) or {}).get("pretrain") or {}).get("wall_seconds") for n in (r.equal_time, r.parent)}
     missing = [n for n, w in walls.items() if not w]
     if missing:
@@ -397,6 +399,9 @@ def load_records(out: Path) -> tuple[str, list[dict]]:
             results[r.name] = {"status": "done (cached)", "probe": probe,
                                "pretrain": _summary(out / "rows" / r.name)}
     _fill_same_as(todo, results)
+    for r in todo:
+        if r.equal_time and not r.skip:
+            match_wall_time(r, results)
     return scale, records(_with_finished(out, scale, todo, overrides, results), results, out)
 
 
@@ -413,6 +418,9 @@ def _with_finished(out: Path, scale: str, todo: list[Row], overrides: list[str],
         extra.append(build_row(n, scale, overrides))
         results.setdefault(n, {"status": "done (cached)", "probe": probe,
                                "pretrain": _summary(out / "rows" / n)})
+    for r in extra:  # a rebuilt equal-time row gets its budget from the finished runs
+        if r.equal_time:
+            match_wall_time(r, results)
     order = row_names()
     return sorted(todo + extra, key=lambda r: order.index(r.name))
 

@@ -85,8 +85,7 @@ def _record(r: Row, res: dict) -> dict:
            "tokenizer": c.tokenizer.name if c else "", "d": c.tokenizer.dim if c else "",
            "full_dim": 3 * c.model.patch_size ** 2 if c else "", "model": c.model.name if c else "",
            "objective": c.objective.name if c else "",
-           # what the run did (an equal-time row's epochs are set at run time), else what it will do
-           "epochs": pre.get("epochs") or (c.optim.epochs if c else ""), "images": pre.get("images"),
+           "epochs": c.optim.epochs if c else "", "images": pre.get("images"),
            "pretrain_s": pre.get("wall_seconds"),
            "probe_s": probe.get("seconds"), "img_per_s": pre.get("img_per_s"),
            "final_loss": pre.get("final_loss"), "probe_mode": probe.get("mode", ""),
